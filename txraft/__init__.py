@@ -1,0 +1,19 @@
+"""
+txraft: Raft consensus for Twisted.
+
+A replicated log for Twisted applications.  Subclass :class:`RaftClient`,
+build a :class:`Raft` member for each replica, and every member applies the
+same commands in the same order::
+
+    from txraft import Raft, RaftClient, RaftConfig
+
+See the README and ``docs/`` for the daemon (``twistd raft``), the key-value
+store and the deterministic simulator in :mod:`txraft.testing`.
+"""
+
+__version__ = "0.1.0"
+
+from txraft.client import RaftClient
+from txraft.config import RaftConfig
+
+__all__ = ["RaftClient", "RaftConfig", "__version__"]

@@ -1,0 +1,119 @@
+"""
+:class:`RaftConfig`: everything a member needs to know about itself.
+
+Timing follows the seed design: the leader sends a heartbeat every
+``heartbeat`` seconds; a follower that hears nothing for
+``election_timeout`` (default ``2 * heartbeat``) plus a random part of up to
+one ``heartbeat`` starts an election.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from txraft.errors import ConfigurationError
+
+FSYNC_POLICIES = ("always", "never")
+
+
+def parse_host_port(value, what="address"):
+    """
+    Split ``"host:port"`` (``"[::1]:port"`` for IPv6).
+
+    :returns: ``(host, port)`` with ``port`` an int.
+    :raises ConfigurationError: naming ``what`` when the value is malformed.
+    """
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigurationError(f"{what} must be HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ConfigurationError(f"{what} must be HOST:PORT, got {value!r}: the host is empty")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigurationError(f"{what} must be HOST:PORT, got {value!r}: {port!r} is not a port number")
+    if not 0 <= number <= 65535:
+        raise ConfigurationError(f"{what} must be HOST:PORT, got {value!r}: port out of range")
+    return host, number
+
+
+@dataclass
+class RaftConfig:
+    """
+    Settings of one member.
+
+    :ivar log_dir: directory for the log and snapshots (disk storage); ``None``
+        keeps everything in memory.
+    :ivar listen: ``"host:port"`` this member listens on; also its member id.
+    :ivar heartbeat: seconds between the leader's heartbeats.
+    :ivar election_timeout: base seconds a follower waits for the leader before
+        it stands for election; a random extra of up to ``heartbeat`` is added
+        each time.  ``None`` means ``2 * heartbeat``.
+    :ivar snapshot_threshold: applied entries since the last snapshot that
+        trigger a new one (randomized per member by up to +1/8).
+    :ivar request_timeout: seconds ``append()`` waits for its command to be
+        applied before it fails with :class:`txraft.errors.Timeout`.
+    :ivar rpc_timeout: seconds a member RPC may take before it is abandoned.
+    :ivar max_batch_bytes: byte budget of one AppendEntries batch.
+    :ivar max_inflight: AppendEntries requests in flight per follower.
+    :ivar snapshot_chunk: bytes per InstallSnapshot chunk.
+    :ivar fsync: ``"always"`` (durable before replying) or ``"never"``.
+    :ivar cert: path of this member's PEM certificate.
+    :ivar key: path of this member's PEM private key.
+    :ivar ca: path of the cluster CA's PEM certificate.
+    :ivar acl: certificate names allowed to connect.
+    :ivar insecure: use plain TCP without TLS (never in production).
+    :ivar peer_names: member id -> certificate name, for members given as
+        ``NAME@HOST:PORT``.
+    """
+
+    log_dir: Optional[str] = None
+    listen: str = "127.0.0.1:0"
+    heartbeat: float = 0.1
+    election_timeout: Optional[float] = None
+    snapshot_threshold: int = 10000
+    request_timeout: float = 10.0
+    rpc_timeout: float = 2.0
+    max_batch_bytes: int = 1024 * 1024
+    max_inflight: int = 8
+    snapshot_chunk: int = 60 * 1024
+    fsync: str = "always"
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    ca: Optional[str] = None
+    acl: Tuple[str, ...] = ()
+    insecure: bool = False
+    peer_names: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def election_base(self) -> float:
+        """The fixed part of the election timeout, in seconds."""
+        if self.election_timeout is None:
+            return 2 * self.heartbeat
+        return self.election_timeout
+
+    def validate(self):
+        """:raises ConfigurationError: naming the first bad setting."""
+        parse_host_port(self.listen, "listen")
+        for name in ("heartbeat", "request_timeout", "rpc_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.election_timeout is not None:
+            if not isinstance(self.election_timeout, (int, float)) or self.election_timeout <= self.heartbeat:
+                raise ConfigurationError(
+                    f"election_timeout must be a number of seconds above heartbeat ({self.heartbeat}), "
+                    f"got {self.election_timeout!r}"
+                )
+        for name in ("snapshot_threshold", "max_batch_bytes", "max_inflight", "snapshot_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if self.fsync not in FSYNC_POLICIES:
+            raise ConfigurationError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")

@@ -1,0 +1,103 @@
+"""
+The exceptions txraft raises, in one hierarchy.
+
+Everything derives from :class:`RaftError`, so ``except RaftError`` catches
+every failure that comes from the Raft layer itself.  The application's own
+exceptions, raised from :meth:`txraft.RaftClient.apply`, reach the caller of
+``append()`` wrapped in :class:`ApplyError` so that the two kinds of failure
+(the cluster could not run the command; the command ran and failed) are never
+confused, in the manner of hashicorp/raft's ``Error()``/``Response()`` split.
+"""
+
+
+class RaftError(Exception):
+    """Base class of every txraft error."""
+
+
+class NotLeader(RaftError):
+    """
+    This member is not the leader, so it cannot accept the request.
+
+    :ivar leader: the member id of the leader this member knows of, or ``""``.
+    """
+
+    def __init__(self, leader="", message=None):
+        self.leader = leader or ""
+        if message is None:
+            message = "not the leader" + (
+                f"; the leader is {self.leader}" if self.leader else "; no leader is known"
+            )
+        super().__init__(message)
+
+
+class NoQuorum(RaftError):
+    """No leader could be reached (no quorum of members answers)."""
+
+
+class Timeout(RaftError):
+    """The request did not complete within its time limit; its outcome is unknown."""
+
+
+class Stopped(RaftError):
+    """The member was stopped; stopped members cannot be restarted."""
+
+
+class ApplyError(RaftError):
+    """
+    The command was committed, but the application's ``apply()`` raised.
+
+    :ivar index: log index of the command.
+    :ivar cause: the exception ``apply()`` raised.
+    """
+
+    def __init__(self, index, cause):
+        self.index = index
+        self.cause = cause
+        super().__init__(f"apply() of the entry at index {index} raised {cause!r}")
+
+
+class ResultUnavailable(RaftError):
+    """
+    The command was committed and applied, but this member learnt of it from a
+    snapshot, so the value ``apply()`` returned is not known here.
+    """
+
+
+class InvalidRequest(RaftError):
+    """A member RPC carried arguments that break the protocol (negative indexes,
+    entries that do not follow ``prev_index``, and the like).  Nothing was stored."""
+
+
+class OutOfSequence(InvalidRequest):
+    """A snapshot chunk arrived at an offset the receiver did not expect."""
+
+
+class ConfigurationError(RaftError):
+    """The configuration is invalid; the message names the setting."""
+
+
+class StorageError(RaftError):
+    """The storage cannot be read or written; the message names the file."""
+
+
+class CorruptLog(StorageError):
+    """
+    A log or snapshot file is damaged somewhere other than its tail, so data that
+    may be committed cannot be recovered from it.  The member refuses to run.
+    """
+
+
+class TransportError(RaftError):
+    """A member RPC could not be delivered or its reply was lost."""
+
+
+class Unauthorized(TransportError):
+    """The peer's certificate does not satisfy the ACL."""
+
+
+class InvariantViolation(RaftError):
+    """
+    A Raft safety invariant failed inside this member (for example, a leader
+    tried to overwrite a committed entry).  The member stops rather than go on
+    voting with corrupt state.
+    """

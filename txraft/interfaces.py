@@ -1,0 +1,198 @@
+"""
+The contracts between txraft's parts.
+
+The Raft core depends only on these interfaces: it reads and writes its state
+through an :class:`IStorage`, talks to other members through an
+:class:`ITransport`, and hands committed commands to an :class:`IRaftClient`.
+Each interface has an in-memory implementation (used by the simulator in
+:mod:`txraft.testing`) and a real one (the disk store, AMP over TLS).
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IRaftClient(Interface):
+    """
+    The application a Raft member replicates.  Subclass
+    :class:`txraft.RaftClient` rather than implementing this from scratch.
+
+    All methods run on the reactor thread.
+    """
+
+    def apply(command, index):
+        """
+        Apply a committed command.
+
+        Called in log order with the same ``command`` and ``index`` on every
+        member, and at most once per ``append()``.  Must not block and must not
+        return a Deferred.
+
+        :param bytes command: the command passed to ``append()``.
+        :param int index: its log index; increases from call to call.
+        :returns: any value; it is the result of the ``append()`` Deferred on the
+            member that accepted the command.
+        :raises: any exception; the ``append()`` Deferred fails with
+            :class:`txraft.errors.ApplyError` wrapping it.  The entry still
+            counts as applied.
+        """
+
+    def save_snapshot(fileobj):
+        """
+        Write the application's whole state to ``fileobj``.
+
+        No ``apply()`` runs until this returns, so the application may capture
+        its state (copy-on-write) and finish writing later.
+
+        :param fileobj: a binary file open for writing.
+        :returns: ``None`` when the snapshot is complete on return, or a
+            Deferred that fires when it is completely written; a failure
+            discards the snapshot.
+        """
+
+    def restore_snapshot(index, fileobj):
+        """
+        Replace the application's state with the snapshot in ``fileobj``.
+
+        :param int index: the last log index the snapshot covers.
+        :param fileobj: a binary file open for reading, positioned at the
+            first byte the application wrote.
+        """
+
+    def leader_changed(me, leader):
+        """
+        This member learnt of a new leader.
+
+        :param str me: this member's id.
+        :param str leader: the leader's member id, or ``""`` when none is known.
+        """
+
+
+class ISnapshotWriter(Interface):
+    """A snapshot being written.  Nothing of it is visible until :meth:`commit`."""
+
+    meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
+    fileobj = Attribute("A binary file open for writing.")
+
+    def commit():
+        """
+        Make the snapshot durable and current, then reset the log to begin after
+        ``meta.index``.  Entries after ``meta.index`` are kept when the log holds
+        ``meta.index`` with ``meta.term``; otherwise the whole log is discarded
+        (Raft paper section 7).
+
+        :returns: a Deferred that fires once all of that is durable.
+        """
+
+    def abort():
+        """Discard the snapshot; the previous one stays current."""
+
+
+class ISnapshotSource(Interface):
+    """The current snapshot, open for reading."""
+
+    meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
+    size = Attribute("Length of the snapshot in bytes.")
+
+    def read(offset, length):
+        """:returns: up to ``length`` bytes from ``offset`` (``b""`` past the end)."""
+
+    def open():
+        """:returns: a new binary file object positioned at the start."""
+
+    def close():
+        """Release the snapshot."""
+
+
+class IStorage(Interface):
+    """
+    A member's persistent state: the hard state (term and vote), the log, and
+    the latest snapshot.
+
+    Reads are synchronous and see every write already issued, durable or not.
+    Writes return Deferreds that fire once the write is durable; writes become
+    durable in the order they were issued, so a later Deferred firing implies
+    every earlier write is durable too.
+
+    Invariant: ``first_index - 1`` is the index of the latest snapshot (0 with
+    none); ``first_index <= last_index + 1``.
+    """
+
+    hard_state = Attribute("The latest :class:`txraft.messages.HardState` written.")
+    first_index = Attribute("Index of the first entry still stored.")
+    last_index = Attribute("Index of the last entry stored (the snapshot's index if the log is empty).")
+
+    def term_at(index):
+        """
+        :returns: the term of the entry at ``index``; the snapshot's term when
+            ``index`` is the snapshot's index; 0 for index 0; ``None`` when the
+            entry is compacted away or beyond the end.
+        """
+
+    def entries(low, high, max_bytes=None):
+        """
+        :returns: the list of entries with ``low <= index < high``, stopping
+            before ``max_bytes`` is passed (at least one entry is returned).
+        :raises IndexError: when ``low`` is below ``first_index``.
+        """
+
+    def save_hard_state(state):
+        """:returns: a Deferred that fires when ``state`` is durable."""
+
+    def append(entries):
+        """
+        Write ``entries`` (consecutive, non-empty), replacing any stored entry
+        at or after ``entries[0].index``.  ``entries[0].index`` must be at most
+        ``last_index + 1`` and above the snapshot's index.
+
+        :returns: a Deferred that fires when the entries are durable.
+        """
+
+    def durable():
+        """:returns: a Deferred that fires when every write issued so far is durable."""
+
+    def snapshot_writer(meta):
+        """:returns: an :class:`ISnapshotWriter` for a new snapshot covering ``meta``."""
+
+    def open_snapshot():
+        """:returns: an :class:`ISnapshotSource` for the latest snapshot, or ``None``."""
+
+    def close():
+        """Flush and release everything.  :returns: a Deferred."""
+
+
+class IRPCHandler(Interface):
+    """What a transport delivers incoming member RPCs to (the Raft core)."""
+
+    def receive(message):
+        """
+        Handle one request from :mod:`txraft.messages`.
+
+        :returns: a Deferred that fires with the reply message, or fails with a
+            :class:`txraft.errors.RaftError` the transport carries back to the
+            caller as the same type.
+        """
+
+
+class ITransport(Interface):
+    """Carries member RPCs between members."""
+
+    def start(handler):
+        """
+        Begin accepting requests and deliver them to ``handler``
+        (an :class:`IRPCHandler`).
+
+        :returns: a Deferred that fires once the member can be reached.
+        """
+
+    def send(peer, message):
+        """
+        Send ``message`` to the member whose id is ``peer``.
+
+        :returns: a Deferred that fires with the reply, or fails with the
+            :class:`txraft.errors.RaftError` the peer raised or a
+            :class:`txraft.errors.TransportError`.  Cancelling it abandons
+            the call.
+        """
+
+    def stop():
+        """Close every connection and stop listening.  :returns: a Deferred."""
