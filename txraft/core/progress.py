@@ -1,0 +1,41 @@
+"""What a leader knows about each follower (Raft paper Figure 2, "Volatile state on leaders")."""
+
+
+class Progress:
+    """
+    Replication state of one follower, kept by the leader.
+
+    Invariants: ``match_index < next_index``; ``inflight`` counts
+    AppendEntries requests that carry entries and have not been answered.
+
+    While ``probing``, the leader does not know where the follower's log
+    diverges, so it sends one request at a time; after a success it pipelines
+    up to ``max_inflight`` requests, advancing ``next_index`` optimistically.
+    """
+
+    __slots__ = (
+        "peer", "next_index", "match_index", "inflight", "probing",
+        "snapshot", "snapshot_offset", "snapshot_busy", "last_reply", "acked_round",
+    )
+
+    def __init__(self, peer, next_index, now):
+        self.peer = peer
+        self.next_index = next_index
+        self.match_index = 0
+        self.inflight = 0
+        self.probing = True
+        #: ISnapshotSource being sent, or None.
+        self.snapshot = None
+        self.snapshot_offset = 0
+        self.snapshot_busy = False
+        #: Clock time of the last reply in the current term (check-quorum).
+        self.last_reply = now
+        #: Highest heartbeat round this follower answered (ReadIndex).
+        self.acked_round = 0
+
+    def close_snapshot(self):
+        if self.snapshot is not None:
+            self.snapshot.close()
+        self.snapshot = None
+        self.snapshot_offset = 0
+        self.snapshot_busy = False

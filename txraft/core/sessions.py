@@ -1,0 +1,91 @@
+"""
+Deduplication of client commands (Raft dissertation section 6.3).
+
+Every ``append()`` carries a :class:`~txraft.messages.RequestId`.  When an
+entry is applied, the table decides from the log alone whether this request
+was applied before, so every member reaches the same decision and a command
+retried after a lost reply is applied at most once.  The table travels in
+snapshots so that the decision survives log compaction.
+"""
+
+from __future__ import annotations
+
+
+class _Session:
+    __slots__ = ("floor", "seen", "last_index")
+
+    def __init__(self):
+        # Every seq <= floor counts as seen; seen holds the ones above it.
+        self.floor = 0
+        self.seen = set()
+        self.last_index = 0
+
+
+class SessionTable:
+    """
+    Which requests have been applied.
+
+    Invariant: decisions depend only on the sequence of entries offered to
+    :meth:`admit`, so members applying the same log agree.
+
+    :param int max_sessions: sessions kept; the least recently used (by log
+        index, which every member agrees on) is forgotten beyond this.
+    """
+
+    def __init__(self, max_sessions=10000):
+        self._sessions = {}
+        self._max_sessions = max_sessions
+
+    def admit(self, request_id, index):
+        """
+        Record that the entry at ``index`` carrying ``request_id`` is applied.
+
+        :returns: ``True`` when the command must be applied, ``False`` when it
+            is a duplicate of a command applied before (or one its caller has
+            abandoned).
+        """
+        session = self._sessions.get(request_id.session)
+        if session is None:
+            session = self._sessions[request_id.session] = _Session()
+            if len(self._sessions) > self._max_sessions:
+                self._evict()
+        session.last_index = index
+        # The caller no longer waits on anything below lowest_pending.
+        if request_id.lowest_pending - 1 > session.floor:
+            session.floor = request_id.lowest_pending - 1
+            session.seen = {s for s in session.seen if s > session.floor}
+        if request_id.seq <= session.floor or request_id.seq in session.seen:
+            return False
+        session.seen.add(request_id.seq)
+        return True
+
+    def applied(self, request_id):
+        """:returns: whether ``request_id`` counts as applied (or abandoned)."""
+        session = self._sessions.get(request_id.session)
+        return session is not None and (request_id.seq <= session.floor or request_id.seq in session.seen)
+
+    def _evict(self):
+        oldest = min(self._sessions, key=lambda key: (self._sessions[key].last_index, key))
+        del self._sessions[oldest]
+
+    def to_wire(self):
+        """:returns: a msgpack-ready representation."""
+        return [[key, s.floor, sorted(s.seen), s.last_index] for key, s in sorted(self._sessions.items())]
+
+    @classmethod
+    def from_wire(cls, raw, max_sessions=10000):
+        """Inverse of :meth:`to_wire`. :raises ValueError: when malformed."""
+        table = cls(max_sessions)
+        if not isinstance(raw, list):
+            raise ValueError("session table must be a list")
+        for item in raw:
+            if not (isinstance(item, list) and len(item) == 4):
+                raise ValueError(f"malformed session record {item!r:.60}")
+            key, floor, seen, last_index = item
+            session = _Session()
+            session.floor, session.seen, session.last_index = int(floor), set(seen), int(last_index)
+            table._sessions[str(key)] = session
+        return table
+
+    def __len__(self):
+        return len(self._sessions)
