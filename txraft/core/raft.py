@@ -199,7 +199,13 @@ class RaftCore:
         self._set_leader(leader)
         if leader:
             self._leader_contact = self.clock.seconds()
-        self._reset_election_timer()
+            self._reset_election_timer()
+        elif self._election_call is None or not self._election_call.active():
+            self._reset_election_timer()
+        # Otherwise keep the running timer: only a leader's message or a
+        # granted vote postpones an election (Figure 2).  Resetting it on
+        # every higher term would let a candidate whose log is too stale to
+        # win keep everyone else from standing, forever.
         if was_leader:
             self._fail_reads(errors.NotLeader(leader))
 
@@ -211,8 +217,7 @@ class RaftCore:
         self._set_leader("")
         self._votes = {self.id}
         self.log.debug("{member} campaigns in term {term}", member=self.id, term=term)
-        # A candidate retries sooner than a follower gives up on a leader (seed timing).
-        self._reset_election_timer(self.config.heartbeat)
+        self._reset_election_timer()
         request = m.RequestVote(term, self.id, self.storage.last_index,
                                 self.storage.term_at(self.storage.last_index), disrupt)
         # The vote for ourselves must be durable before we ask for others'.
@@ -266,11 +271,9 @@ class RaftCore:
 
     # -- election timer ----------------------------------------------------
 
-    def _reset_election_timer(self, base=None):
+    def _reset_election_timer(self):
         self._cancel_election_timer()
-        if base is None:
-            base = self.config.election_base
-        delay = base + self.rng.uniform(0, self.config.heartbeat)
+        delay = self.config.election_base + self.rng.uniform(0, self.config.heartbeat)
         self._election_call = self.clock.callLater(delay, self._on_election_timeout)
 
     def _cancel_election_timer(self):

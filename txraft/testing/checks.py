@@ -1,0 +1,162 @@
+"""
+The Raft safety properties (paper Figure 3), checked on a live simulation.
+
+:class:`SafetyChecker` looks at every member after every step and raises
+:class:`SafetyViolation` the moment one property fails:
+
+- election safety: at most one leader per term;
+- log matching: two logs holding an entry with the same index and term hold
+  the same entry there and the same entries before it;
+- leader completeness: a leader's log holds every committed entry;
+- state machine safety: no two members apply different commands at an index;
+- exactly once: no member applies one command twice, and every
+  acknowledged ``append()`` is applied, at the index it was acknowledged
+  with, on every member that gets that far.
+
+The last one assumes commands are unique, as the random schedules make them.
+"""
+
+from __future__ import annotations
+
+from txraft.core.raft import LEADER
+
+
+class SafetyViolation(AssertionError):
+    """A Raft safety property failed; the message says which and where."""
+
+
+class SafetyChecker:
+    """Checks a :class:`~txraft.testing.cluster.SimulatedCluster` (see module docstring)."""
+
+    def __init__(self):
+        self.leaders = {}  # term -> member id
+        self.committed = {}  # index -> (term, kind, data)
+        self.applied = {}  # index -> command (as the application saw it)
+        self.acknowledged = {}  # command -> index
+        self._commit_seen = {}  # member id -> commit index already recorded
+        self._leader_checked = set()  # (member, term) already checked for completeness
+        self._applied_seen = {}  # member id -> (client object, last index checked)
+
+    def acknowledge(self, command, index):
+        """Record that ``append(command)`` reported success at ``index``."""
+        if command in self.acknowledged and self.acknowledged[command] != index:
+            raise SafetyViolation(f"command {command!r} acknowledged at {self.acknowledged[command]} and {index}")
+        self.acknowledged[command] = index
+
+    def check(self, cluster):
+        for member_id in cluster.running():
+            core = cluster.members[member_id].core
+            if core is None:
+                continue
+            self._check_leader(member_id, core)
+            self._record_commits(member_id, core)
+            self._check_applied(member_id, cluster.clients[member_id], core)
+        self._check_log_matching(cluster)
+
+    def _check_leader(self, member_id, core):
+        if core.role != LEADER:
+            return
+        other = self.leaders.setdefault(core.term, member_id)
+        if other != member_id:
+            raise SafetyViolation(f"election safety: {other} and {member_id} both lead term {core.term}")
+        if (member_id, core.term) in self._leader_checked:
+            return
+        self._leader_checked.add((member_id, core.term))
+        storage = core.storage
+        for index, (term, kind, data) in self.committed.items():
+            if index < storage.first_index:
+                continue  # inside its snapshot
+            if index > storage.last_index:
+                raise SafetyViolation(
+                    f"leader completeness: {member_id} leads term {core.term} without committed entry {index}")
+            entry = storage.entries(index, index + 1)[0]
+            if (entry.term, entry.kind, entry.data) != (term, kind, data):
+                raise SafetyViolation(
+                    f"leader completeness: {member_id} leads term {core.term} with {entry} at {index}, "
+                    f"committed was term {term}")
+
+    def _record_commits(self, member_id, core):
+        seen = self._commit_seen.get(member_id, 0)
+        if core.commit_index <= seen:
+            self._commit_seen[member_id] = min(seen, core.commit_index)
+            return
+        storage = core.storage
+        low = max(seen + 1, storage.first_index)
+        for entry in storage.entries(low, core.commit_index + 1) if low <= core.commit_index else ():
+            value = (entry.term, entry.kind, entry.data)
+            known = self.committed.setdefault(entry.index, value)
+            if known != value:
+                raise SafetyViolation(
+                    f"state machine safety: {member_id} committed {value} at {entry.index}, "
+                    f"another member committed {known}")
+        self._commit_seen[member_id] = core.commit_index
+
+    def _check_applied(self, member_id, client, core):
+        previous_client, checked = self._applied_seen.get(member_id, (None, 0))
+        if previous_client is not client:
+            checked = 0  # restarted member: its application was rebuilt
+        applied = getattr(client, "applied", None)
+        if applied is None:
+            return
+        indexes = [i for i in applied if i > checked] if checked else list(applied)
+        commands_here = {}
+        for index in sorted(indexes):
+            command = applied[index]
+            known = self.applied.setdefault(index, command)
+            if known != command:
+                raise SafetyViolation(
+                    f"state machine safety: {member_id} applied {command!r} at {index}, another member {known!r}")
+            expected = self.acknowledged.get(command)
+            if expected is not None and expected != index:
+                raise SafetyViolation(
+                    f"exactly once: {member_id} applied {command!r} at {index}, acknowledged at {expected}")
+            commands_here[command] = index
+        if not checked:
+            # Full scan after a (re)start: also check no command appears twice.
+            seen = {}
+            for index, command in applied.items():
+                if command in seen:
+                    raise SafetyViolation(
+                        f"exactly once: {member_id} applied {command!r} at {seen[command]} and {index}")
+                seen[command] = index
+        self._applied_seen[member_id] = (client, max(applied, default=0))
+
+    def _check_log_matching(self, cluster):
+        logs = [(i, cluster.storages[i]) for i in cluster.ids]
+        for a in range(len(logs)):
+            for b in range(a + 1, len(logs)):
+                self._match_pair(*logs[a], *logs[b])
+
+    def _match_pair(self, id_a, a, id_b, b):
+        low = max(a.first_index, b.first_index)
+        high = min(a.last_index, b.last_index)
+        if low > high:
+            return
+        entries_a = a.entries(low, high + 1)
+        entries_b = b.entries(low, high + 1)
+        # Find the highest index where the terms agree; everything up to it must be equal.
+        top = None
+        for ea, eb in zip(reversed(entries_a), reversed(entries_b)):
+            if ea.term == eb.term:
+                top = ea.index
+                break
+        if top is None:
+            return
+        for ea, eb in zip(entries_a, entries_b):
+            if ea.index > top:
+                break
+            if ea != eb:
+                raise SafetyViolation(
+                    f"log matching: {id_a} and {id_b} agree on the term at {top} but differ at {ea.index}: "
+                    f"{ea} vs {eb}")
+
+    def check_final(self, cluster):
+        """After the cluster has converged: every acknowledged command is applied everywhere."""
+        for member_id in cluster.running():
+            client = cluster.clients[member_id]
+            applied = getattr(client, "applied", {})
+            for command, index in self.acknowledged.items():
+                if applied.get(index) != command:
+                    raise SafetyViolation(
+                        f"acknowledged {command!r} at {index} is missing on {member_id} "
+                        f"(found {applied.get(index)!r})")
