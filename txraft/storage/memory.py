@@ -83,6 +83,8 @@ class MemoryStorage:
         self._pending = []  # (op, deferred) not yet durable
         self._flush_call = None
         self.fsyncs = 0
+        #: Counts writes; lets observers skip re-reading an unchanged log.
+        self.version = 0
         self.closed = False
 
     # -- reads -----------------------------------------------------------
@@ -124,6 +126,7 @@ class MemoryStorage:
         if self.closed:
             raise RuntimeError("storage is closed")
         self._visible.apply(op)
+        self.version += 1
         d = defer.Deferred()
         self._pending.append((op, d))
         self._schedule_flush()

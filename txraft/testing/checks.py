@@ -36,6 +36,7 @@ class SafetyChecker:
         self._commit_seen = {}  # member id -> commit index already recorded
         self._leader_checked = set()  # (member, term) already checked for completeness
         self._applied_seen = {}  # member id -> (client object, last index checked)
+        self._matched = {}  # (id a, id b) -> storage versions last checked
 
     def acknowledge(self, command, index):
         """Record that ``append(command)`` reported success at ``index``."""
@@ -125,7 +126,12 @@ class SafetyChecker:
         logs = [(i, cluster.storages[i]) for i in cluster.ids]
         for a in range(len(logs)):
             for b in range(a + 1, len(logs)):
-                self._match_pair(*logs[a], *logs[b])
+                (id_a, log_a), (id_b, log_b) = logs[a], logs[b]
+                versions = (id(log_a), getattr(log_a, "version", None), id(log_b), getattr(log_b, "version", None))
+                if versions[1] is not None and self._matched.get((id_a, id_b)) == versions:
+                    continue  # neither log changed since the last check
+                self._match_pair(id_a, log_a, id_b, log_b)
+                self._matched[(id_a, id_b)] = versions
 
     def _match_pair(self, id_a, a, id_b, b):
         low = max(a.first_index, b.first_index)
