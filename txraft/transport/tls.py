@@ -1,0 +1,267 @@
+"""
+Mutual TLS between members, and the certificate-name ACL.
+
+Every member holds a certificate and key signed by the cluster CA
+(:mod:`txraft.certs` makes them).  Both ends of a member connection verify the
+other's certificate against the CA with TLS 1.2 or later, then apply the ACL,
+following the seed design's ``Authorize``: the peer is admitted when
+
+- a name in its certificate (subject common name, DNS or URI subjectAltName)
+  is in the configured ``acl``, or
+- it presents this member's own public key (a member is always allowed to talk
+  to another instance of itself).
+
+Everyone else is refused as soon as the handshake completes: the connection is
+aborted before a single byte of theirs reaches AMP, and the refusing side logs
+the names it saw and why.
+
+Admission is about the connection; claims are about messages.  When the member
+list gives certificate names (``NAME@HOST:PORT``, see
+:mod:`txraft.transport.peers`), a request whose ``candidate`` or ``leader``
+field claims to come from such a member is refused with
+:class:`txraft.errors.Unauthorized` unless the connection's certificate carries
+that member's name (:meth:`AccessPolicy.check_claim`): an admitted peer cannot
+speak for another.
+
+The check runs in :meth:`IHandshakeListener.handshakeCompleted`, which
+``TLSMemoryBIOProtocol`` calls before it delivers any application data;
+``getPeerCertificate()`` is still ``None`` in ``connectionMade``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import FrozenSet, Mapping, Optional, Tuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNSPattern
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from txraft import certs
+from txraft.errors import ConfigurationError, Unauthorized
+
+__all__ = [
+    "TLSCredentials",
+    "AccessPolicy",
+    "Admission",
+    "certificate_names",
+    "public_key_der",
+    "ACLCheckedProtocolMixin",
+]
+
+
+def public_key_der(cert) -> bytes:
+    """:returns: the DER SubjectPublicKeyInfo of ``cert``, for comparing keys."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def certificate_names(cert) -> FrozenSet[str]:
+    """
+    The names an ACL may match in ``cert``: the subject common names, and the
+    DNS and URI subjectAltNames.
+
+    DNS names come from ``service_identity``'s
+    :func:`~service_identity.cryptography.extract_patterns`; URIs are taken
+    whole from the subjectAltName (``service_identity`` splits them up).
+    """
+    names = set()
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        if isinstance(attribute.value, str):
+            names.add(attribute.value)
+    for pattern in extract_patterns(cert):
+        if isinstance(pattern, DNSPattern):
+            names.add(pattern.pattern.decode("ascii", "replace"))
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        names.update(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return frozenset(names)
+
+
+def _load(value, loader, what):
+    if value is None:
+        raise ConfigurationError(f"TLS needs the {what}: set it, or run insecure (plain TCP, never in production)")
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return loader(value)
+    return value
+
+
+@dataclass(frozen=True)
+class TLSCredentials:
+    """
+    A member's certificate and key, and the CA certificates peers must chain to.
+
+    :ivar certificate: ``cryptography.x509.Certificate`` of this member.
+    :ivar private_key: its private key.
+    :ivar authorities: the trusted CA certificates (non-empty).
+    """
+
+    certificate: x509.Certificate
+    private_key: object
+    authorities: Tuple[x509.Certificate, ...]
+
+    @classmethod
+    def load(cls, cert, key, ca) -> "TLSCredentials":
+        """
+        Build credentials from paths of PEM files or ``cryptography`` objects
+        (a CA may also be a list of certificates).
+
+        :raises ConfigurationError: naming a missing or unreadable file.
+        """
+        certificate = _load(cert, certs.load_certificate, "certificate (cert)")
+        private_key = _load(key, certs.load_private_key, "private key (key)")
+        if isinstance(ca, (list, tuple)):
+            authorities = tuple(ca)
+        elif isinstance(ca, x509.Certificate):
+            authorities = (ca,)
+        else:
+            authorities = tuple(_load(ca, certs.load_certificates, "CA certificate (ca)"))
+        if public_key_der(certificate) != private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ):
+            raise ConfigurationError("the private key (key) does not belong to the certificate (cert)")
+        return cls(certificate, private_key, authorities)
+
+    def options(self) -> ssl.CertificateOptions:
+        """
+        :returns: TLS options for either end of a member connection: present
+            this member's certificate, require the peer's, verify it against
+            the CA, TLS 1.2 at least.  (Names are checked by the ACL after the
+            handshake, not by hostname: member ids are addresses, certificate
+            names are names.)
+        """
+        trust = ssl.trustRootFromCertificates(
+            [ssl.Certificate.loadPEM(certs.certificate_pem(c)) for c in self.authorities]
+        )
+        return ssl.CertificateOptions(
+            privateKey=self.private_key,
+            certificate=self.certificate,
+            trustRoot=trust,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of checking one peer certificate."""
+
+    allowed: bool
+    names: FrozenSet[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """
+    Who may talk to this member.
+
+    :ivar acl: certificate names admitted.
+    :ivar own_key: DER public key of this member; a peer presenting it is admitted.
+    :ivar peer_names: member id -> the certificate name that member must carry.
+    """
+
+    acl: FrozenSet[str]
+    own_key: bytes
+    peer_names: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, acl, own_certificate, peer_names=None) -> "AccessPolicy":
+        """:returns: the policy of a member holding ``own_certificate``."""
+        if isinstance(acl, str):
+            raise TypeError("acl must be a sequence of names, not a str")
+        return cls(frozenset(acl or ()), public_key_der(own_certificate), dict(peer_names or {}))
+
+    def admit(self, cert, expected_name: Optional[str] = None) -> Admission:
+        """
+        Decide on a peer that completed the TLS handshake.
+
+        :param cert: the peer's ``cryptography`` certificate (already verified
+            against the CA), or ``None`` when it sent none.
+        :param expected_name: on outgoing connections, the certificate name the
+            member list gives for the member dialled, if any; the peer must
+            carry it.
+        """
+        if cert is None:
+            return Admission(False, frozenset(), "no client certificate")
+        names = certificate_names(cert)
+        if expected_name is not None and expected_name not in names:
+            return Admission(False, names, f"expected the certificate of {expected_name!r}")
+        matched = sorted(names & self.acl)
+        if matched:
+            return Admission(True, names, f"name {matched[0]!r} is in the ACL")
+        if public_key_der(cert) == self.own_key:
+            return Admission(True, names, "it presents this member's own public key")
+        return Admission(False, names, "no certificate name is in the ACL")
+
+    def check_claim(self, claimed: str, names: FrozenSet[str]):
+        """
+        Refuse a request claiming to come from member ``claimed`` over a
+        connection whose certificate names are ``names``, when the member list
+        names that member's certificate and ``names`` lacks it.
+
+        :raises Unauthorized: naming the claim and the certificate.
+        """
+        required = self.peer_names.get(claimed)
+        if required is not None and required not in names:
+            raise Unauthorized(
+                f"a peer with certificate names {sorted(names)} claims to be member {claimed}, "
+                f"whose certificate name is {required!r}"
+            )
+
+
+class ACLCheckedProtocolMixin:
+    """
+    Applies an :class:`AccessPolicy` to a TLS connection in
+    ``handshakeCompleted``.
+
+    The protocol class mixing this in provides ``policy`` (an
+    :class:`AccessPolicy`), ``expected_peer_name`` (``None`` on accepted
+    connections), ``side`` (``"server"`` or ``"client"``) and the two hooks
+    :meth:`peer_admitted` and :meth:`peer_refused`.  After admission
+    ``peer_certificate_names`` holds the peer's names.
+    """
+
+    _acl_log = Logger()
+    peer_certificate_names: FrozenSet[str] = frozenset()
+
+    def handshakeCompleted(self):
+        peer = self.transport.getPeer()
+        x509_cert = self.transport.getPeerCertificate()
+        cert = x509_cert.to_cryptography() if x509_cert is not None else None
+        decision = self.policy.admit(cert, self.expected_peer_name)
+        address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        if not decision.allowed:
+            self._acl_log.warn(
+                "{side}: refused peer {peer} with certificate names {names}: {reason}",
+                side=self.side,
+                peer=address,
+                names=sorted(decision.names),
+                reason=decision.reason,
+            )
+            self.transport.abortConnection()
+            self.peer_refused(Unauthorized(f"peer {address} {sorted(decision.names)} refused: {decision.reason}"))
+            return
+        self.peer_certificate_names = decision.names
+        self._acl_log.debug(
+            "{side}: admitted peer {peer} {names}: {reason}",
+            side=self.side,
+            peer=address,
+            names=sorted(decision.names),
+            reason=decision.reason,
+        )
+        self.peer_admitted()
+
+    def peer_admitted(self):
+        """The peer passed the ACL; application data may flow."""
+
+    def peer_refused(self, reason):
+        """The peer failed the ACL; the connection is being aborted."""
