@@ -168,7 +168,12 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.admitted = True
         if self.link is not None:
             self.link.admitted(self)
+        # ClientService resumes from this callback; callers waiting on the link
+        # are woken only afterwards, outside its state machine, so that they
+        # may stop the transport at once.
         self.ready.callback(self)
+        if self.link is not None:
+            self.link.wake()
 
     def peer_refused(self, reason):
         if not self.ready.called:
@@ -187,6 +192,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             )
         if self.link is not None:
             self.link.lost(self, reason)
+            self.link.wake()
         if not self.ready.called:
             self.ready.errback(e.TransportError(f"connection closed before the peer was admitted: {reason.getErrorMessage()}"))
         self.closed.callback(None)
@@ -369,6 +375,7 @@ class _WatchedEndpoint:
         def failed(failure):
             self.link.attempting = False
             self.link.last_error = failure.getErrorMessage()
+            self.link.wake()
             return failure
 
         return self.endpoint.connect(factory).addErrback(failed)
@@ -391,6 +398,7 @@ class _PeerLink:
         self.connecting = None
         self.attempting = False
         self.last_error = "not connected yet"
+        self._waiters = []
         factory = _ClientFactory(self)
         if member._credentials is not None:
             factory = TLSMemoryBIOFactory(member._tls_options, True, factory)
@@ -419,19 +427,33 @@ class _PeerLink:
         if self.protocol is not None:
             return defer.succeed(self.protocol)
         if not self.attempting:
-            return defer.fail(e.TransportError(f"member {self.peer} is unreachable: {self.last_error}"))
+            return defer.fail(self.unreachable())
+        waiter = defer.Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
 
-        def connected(_):
-            if self.protocol is None:
-                raise e.TransportError(f"member {self.peer} is unreachable: {self.last_error}")
-            return self.protocol
+    def unreachable(self):
+        return e.TransportError(f"member {self.peer} is unreachable: {self.last_error}")
 
-        def failed(failure):
-            if failure.check(defer.CancelledError) and not self.member._stopping:
-                return failure
-            raise e.TransportError(f"cannot connect to member {self.peer}: {failure.getErrorMessage()}")
+    def wake(self):
+        """Settle the callers waiting for a connection attempt that has now ended."""
+        if self.attempting and self.protocol is None:
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if self.protocol is not None:
+                waiter.callback(self.protocol)
+            else:
+                waiter.errback(self.unreachable())
 
-        return self.service.whenConnected(failAfterFailures=1).addCallbacks(connected, failed)
+    def stop(self):
+        self.attempting = False
+        self.protocol = None
+        self.last_error = "the transport was stopped"
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(e.Stopped("the transport was stopped"))
+        return self.service.stopService()
 
 
 @implementer(ITransport)
@@ -597,7 +619,7 @@ class AMPTransport:
             waits.append(defer.maybeDeferred(self._port.stopListening))
             self._port = None
         for link in self._links.values():
-            waits.append(link.service.stopService())
+            waits.append(link.stop())
         self._links.clear()
         for protocol in list(self._connections):
             waits.append(protocol.closed)
