@@ -135,7 +135,8 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     :ivar ready: fires with this protocol once the peer is admitted (after the
         TLS handshake and the ACL check), or fails with
-        :class:`~txraft.errors.TransportError` if the connection ends first.
+        :class:`~txraft.errors.TransportError` if the connection ends first
+        (outgoing connections only: nothing waits on an accepted one).
     :ivar closed: fires when the connection is lost.
     """
 
@@ -176,7 +177,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self.link.wake()
 
     def peer_refused(self, reason):
-        if not self.ready.called:
+        self._fail_ready(reason)
+
+    def _fail_ready(self, reason):
+        # Only an outgoing connection's ClientService waits on ``ready``.
+        if self.link is not None and not self.ready.called:
             self.ready.errback(reason)
 
     def connectionLost(self, reason):
@@ -193,8 +198,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         if self.link is not None:
             self.link.lost(self, reason)
             self.link.wake()
-        if not self.ready.called:
-            self.ready.errback(e.TransportError(f"connection closed before the peer was admitted: {reason.getErrorMessage()}"))
+        self._fail_ready(e.TransportError(f"connection closed before the peer was admitted: {reason.getErrorMessage()}"))
         self.closed.callback(None)
 
     # -- receiving -----------------------------------------------------------
@@ -344,6 +348,8 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
 
 class _ServerFactory(Factory):
+    noisy = False
+
     def __init__(self, member):
         self.member = member
 
@@ -352,6 +358,8 @@ class _ServerFactory(Factory):
 
 
 class _ClientFactory(Factory):
+    noisy = False
+
     def __init__(self, link):
         self.link = link
 
@@ -559,10 +567,6 @@ class AMPTransport:
             return defer.fail(e.Stopped("this transport was stopped"))
         self.handler = handler
         if self.insecure:
-            self.log.warn(
-                "member {address}: INSECURE transport: plain TCP, peers are neither authenticated nor encrypted",
-                address=self.address,
-            )
             endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self._listen_port, interface=self.host)
             if ":" in self.host:
                 endpoint = endpoints.TCP6ServerEndpoint(self.reactor, self._listen_port, interface=self.host)
@@ -579,6 +583,11 @@ class AMPTransport:
         def listening(port):
             self._port = port
             self.address = member_id(self.host, port.getHost().port)
+            if self.insecure:
+                self.log.warn(
+                    "member {address}: INSECURE transport: plain TCP, peers are neither authenticated nor encrypted",
+                    address=self.address,
+                )
             self.log.info("member {address} listening ({mode})", address=self.address,
                           mode="insecure TCP" if self.insecure else "TLS")
             return self.address
