@@ -159,6 +159,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     def connectionMade(self):
         amp.AMP.connectionMade(self)
+        # RPCs are small writes answered by small writes: without TCP_NODELAY,
+        # Nagle's algorithm and delayed ACKs add tens of milliseconds.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         peer = self.transport.getPeer()
         self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.member._connections.add(self)
