@@ -576,11 +576,6 @@ class AMPTransport:
             if ":" in self.host:
                 endpoint = endpoints.TCP6ServerEndpoint(self.reactor, self._listen_port, interface=self.host)
         else:
-            if not self._policy.acl:
-                self.log.warn(
-                    "member {address}: the ACL is empty; only peers with this member's own key are admitted",
-                    address=self.address,
-                )
             endpoint = endpoints.SSL4ServerEndpoint(
                 self.reactor, self._listen_port, self._tls_options, interface=self.host
             )
@@ -588,6 +583,11 @@ class AMPTransport:
         def listening(port):
             self._port = port
             self.address = member_id(self.host, port.getHost().port)
+            if not self.insecure and not self._policy.acl:
+                self.log.warn(
+                    "member {address}: the ACL is empty; only peers with this member's own key are admitted",
+                    address=self.address,
+                )
             if self.insecure:
                 self.log.warn(
                     "member {address}: INSECURE transport: plain TCP, peers are neither authenticated nor encrypted",
