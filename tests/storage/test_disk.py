@@ -513,6 +513,33 @@ class TestSnapshots:
         assert not [name for name in files(log_dir) if name.endswith(".tmp")]
 
     @deferred_test
+    def test_close_discards_unfinished_writers(self, storages, log_dir):
+        storage = yield storages(log_dir)
+        yield storage.append([entry(1, i) for i in range(1, 6)])
+        writer = storage.snapshot_writer(SnapshotMeta(3, 1))
+        writer.fileobj.write(b"still in the buffer")
+        yield storage.close()
+        assert files(log_dir) == [FIRST_LOG]
+        with pytest.raises(ValueError):
+            writer.fileobj.write(b"too late")
+            writer.fileobj.flush()
+
+    @deferred_test
+    def test_snapshot_file_is_not_writable_after_commit(self, storages, log_dir):
+        storage = yield storages(log_dir)
+        yield storage.append([entry(1, i) for i in range(1, 6)])
+        writer = storage.snapshot_writer(SnapshotMeta(3, 1))
+        writer.fileobj.write(b"complete")
+        d = writer.commit()
+        with pytest.raises(ValueError):
+            writer.fileobj.write(b"afterwards")
+            writer.fileobj.flush()
+        yield d
+        assert read_snapshot(storage) == (SnapshotMeta(3, 1), b"complete")
+        with pytest.raises(StorageError):
+            yield writer.commit()
+
+    @deferred_test
     def test_snapshot_from_leader_replaces_disagreeing_log(self, storages, log_dir):
         storage = yield storages(log_dir)
         yield storage.append([entry(1, i) for i in range(1, 6)])

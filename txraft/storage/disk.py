@@ -229,6 +229,15 @@ class _Window(io.RawIOBase):
         self._owns_fd = owns_fd
         self._position = 0
 
+    def detach_descriptor(self):
+        """Stop using the descriptor (it is closed or handed on): later I/O raises."""
+        self._fd = None
+
+    def _descriptor(self):
+        if self._fd is None:
+            raise ValueError("I/O on a snapshot file that was committed or aborted")
+        return self._fd
+
     def readable(self):
         return not self._writable
 
@@ -241,7 +250,7 @@ class _Window(io.RawIOBase):
     def _end(self):
         if self._limit is not None:
             return self._limit
-        return max(0, os.fstat(self._fd).st_size - self._base)
+        return max(0, os.fstat(self._descriptor()).st_size - self._base)
 
     def readinto(self, buffer):
         if self._writable:
@@ -249,7 +258,7 @@ class _Window(io.RawIOBase):
         wanted = min(len(buffer), self._end() - self._position)
         if wanted <= 0:
             return 0
-        data = os.pread(self._fd, wanted, self._base + self._position)
+        data = os.pread(self._descriptor(), wanted, self._base + self._position)
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
@@ -257,7 +266,7 @@ class _Window(io.RawIOBase):
     def write(self, data):
         if not self._writable:
             raise io.UnsupportedOperation("write")
-        written = os.pwrite(self._fd, data, self._base + self._position)
+        written = os.pwrite(self._descriptor(), data, self._base + self._position)
         self._position += written
         return written
 
@@ -279,8 +288,9 @@ class _Window(io.RawIOBase):
         return self._position
 
     def close(self):
-        if not self.closed and self._owns_fd:
+        if not self.closed and self._owns_fd and self._fd is not None:
             os.close(self._fd)
+            self._fd = None
         super().close()
 
 
@@ -743,6 +753,8 @@ class DiskStorage:
         self._in_flight = None
         self._flush_call = None
         self._idle_waiters = []
+        # Snapshot writers neither committed nor aborted yet.
+        self._writers = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -814,6 +826,8 @@ class DiskStorage:
             for segment in self._segments:
                 segment.close()
             self._set_snapshot(None)
+            for writer in list(self._writers):
+                writer.abort()
             if self._failure is not None:
                 raise StorageError(f"{self.log_dir}: closed after a write failed: {self._failure}")
 
@@ -1029,7 +1043,9 @@ class DiskStorage:
         self._check_writable()
         if not isinstance(meta, SnapshotMeta):
             raise TypeError(f"meta must be a SnapshotMeta, not {type(meta).__name__}")
-        return _SnapshotWriter(self, meta)
+        writer = _SnapshotWriter(self, meta)
+        self._writers.add(writer)
+        return writer
 
     def open_snapshot(self):
         if self._snapshot is None:
@@ -1138,23 +1154,28 @@ class _SnapshotWriter:
         self._storage = storage
         self.meta = meta
         self.path = None
+        self.fileobj = None
         fd, self.path = _mkstemp(storage.log_dir, _stem(meta.term, meta.index) + ".snap.")
         self.fd = fd
         try:
             _write_all(fd, b"\0" * _SNAPSHOT_HEADER_SIZE, 0)
-        except OSError:
+        except OSError as e:
             self._discard()
-            raise
-        self.fileobj = io.BufferedWriter(_Window(fd, _SNAPSHOT_HEADER_SIZE, writable=True))
+            raise StorageError(f"{self.path}: {e.strerror or e}") from e
+        self._window = _Window(fd, _SNAPSHOT_HEADER_SIZE, writable=True)
+        self.fileobj = io.BufferedWriter(self._window)
         self._done = False
 
     def commit(self):
         if self._done:
             return defer.fail(StorageError("snapshot already committed or aborted"))
         self._done = True
+        self._storage._writers.discard(self)
         try:
             if not self.fileobj.closed:
                 self.fileobj.flush()
+            # From here on the descriptor belongs to the worker.
+            self._window.detach_descriptor()
             self._storage._check_writable()
             return self._storage._commit_snapshot(self)
         except Exception:
@@ -1167,6 +1188,13 @@ class _SnapshotWriter:
             self._discard()
 
     def _discard(self):
+        self._storage._writers.discard(self)
+        if self.fileobj is not None:
+            self._window.detach_descriptor()
+            try:
+                self.fileobj.close()
+            except ValueError:
+                pass  # unwritten buffered data of a discarded snapshot
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
