@@ -369,6 +369,11 @@ class TestGroupCommit:
         monkeypatch.undo()
         with pytest.raises(StorageError, match="earlier write failed"):
             yield storage.append([entry(1, 2)])
+        with pytest.raises(StorageError, match="earlier write failed"):
+            yield storage.save_hard_state(HardState(9, "x"))
+        # Refused writes change nothing.
+        assert storage.hard_state == HardState()
+        assert storage.last_index == 1
         with pytest.raises(StorageError):
             yield storage.close()
 
@@ -741,14 +746,21 @@ class TestRecovery:
             assert warning["offset"] == last
             yield storage.close()
 
-    @pytest.mark.parametrize("where", ["length", "checksum", "payload"])
+    @pytest.mark.parametrize("where", ["length", "checksum", "payload", "zeroed"])
     @deferred_test
     def test_damaged_middle_record_is_fatal(self, storages, three_entries, where):
         path = os.path.join(three_entries, FIRST_LOG)
         offsets, _ = record_offsets(path)
-        # Records: base, hard state, entry 1, entry 2, entry 3.
-        target = offsets[3]
-        flip_byte(path, target + {"length": 3, "checksum": 5, "payload": 10}[where])
+        # The record of entry 2: only entry 3's record follows it.
+        target = offsets[-2]
+        if where == "zeroed":
+            # A lost page reads back as zeros; the next record's length field
+            # starts with zero bytes too and must still be found.
+            with open(path, "r+b") as f:
+                f.seek(target)
+                f.write(b"\0" * (offsets[-1] - target))
+        else:
+            flip_byte(path, target + {"length": 3, "checksum": 5, "payload": 10}[where])
         with open(path, "rb") as f:
             before = f.read()
         with pytest.raises(CorruptLog) as error:

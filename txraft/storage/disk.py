@@ -372,9 +372,10 @@ def _next_good_record(fd, start, size):
         q = 0
         while q <= limit:
             if chunk[q] == 0 and chunk[q : q + 4] == b"\0\0\0\0":
-                # A zero length is never written: skip runs of zeros quickly.
+                # A zero length is never written: skip runs of zeros quickly,
+                # but not the up to three zeros a length field may start with.
                 stripped = chunk[q:].lstrip(b"\0")
-                q = len(chunk) - len(stripped)
+                q = max(q + 1, len(chunk) - len(stripped) - 3)
                 continue
             length, crc = _RECORD.unpack_from(chunk, q)
             at = position + q
@@ -909,12 +910,13 @@ class DiskStorage:
         if self._closed:
             raise StorageError(f"{self.log_dir}: storage is closed")
 
+    def _refused(self):
+        """:returns: a failed Deferred for a write refused after an earlier one failed."""
+        return defer.fail(StorageError(f"{self.log_dir}: an earlier write failed: {self._failure}"))
+
     def _issue(self):
         """:returns: a Deferred for a write added to the current batch."""
         d = defer.Deferred()
-        if self._failure is not None:
-            d.errback(StorageError(f"{self.log_dir}: an earlier write failed: {self._failure}"))
-            return d
         self._batch.waiters.append(d)
         if self._flush_call is None and self._in_flight is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
@@ -924,6 +926,8 @@ class DiskStorage:
         if not isinstance(state, HardState):
             raise TypeError(f"state must be a HardState, not {type(state).__name__}")
         self._check_writable()
+        if self._failure is not None:
+            return self._refused()
         record = _frame(state)
         self._batch.write(self._active, self._end, record)
         self._end += len(record)
@@ -935,6 +939,9 @@ class DiskStorage:
         entries = list(entries)
         if not entries:
             raise ValueError("append() needs at least one entry")
+        for entry in entries:
+            if not isinstance(entry, Entry):
+                raise TypeError(f"entries must be Entry values, not {type(entry).__name__}")
         first = entries[0].index
         for previous, entry in zip(entries, entries[1:]):
             if entry.index != previous.index + 1:
@@ -944,13 +951,13 @@ class DiskStorage:
         floor = self._snapshot_issued.index if self._snapshot_issued else 0
         if first <= max(floor, self.first_index - 1):
             raise ValueError(f"entry {first} is covered by the snapshot (index {floor})")
+        if self._failure is not None:
+            return self._refused()
         if first <= self.last_index:
             self._index.truncate_from(first)
             self._forget_from(first)
         serial = self._batch.serial
         for entry in entries:
-            if not isinstance(entry, Entry):
-                raise TypeError(f"entries must be Entry values, not {type(entry).__name__}")
             record = _frame(entry)
             self._batch.write(self._active, self._end, record)
             self._index.add(entry.index, entry.term, self._active, self._end, len(record))
@@ -969,7 +976,7 @@ class DiskStorage:
             self._in_flight.waiters.append(d)
             return d
         if self._failure is not None:
-            return defer.fail(StorageError(f"{self.log_dir}: an earlier write failed: {self._failure}"))
+            return self._refused()
         return defer.succeed(None)
 
     def _flush(self):
@@ -1061,6 +1068,8 @@ class DiskStorage:
     def _commit_snapshot(self, writer):
         """Reactor side of a snapshot commit: decide the new log and switch the index to it now."""
         meta = writer.meta
+        if self._failure is not None:
+            raise StorageError(f"{self.log_dir}: an earlier write failed: {self._failure}")
         current = self._snapshot_issued.index if self._snapshot_issued else 0
         if meta.index <= current:
             raise StorageError(f"snapshot of entry {meta.index} is not newer than the current one ({current})")
