@@ -819,6 +819,17 @@ class TestBadDirectory:
             yield storages(unwritable)
 
     @deferred_test
+    def test_second_storage_on_the_same_directory_is_refused(self, storages, log_dir):
+        first = yield storages(log_dir)
+        yield first.append([entry(1, 1)])
+        with pytest.raises(StorageError, match="in use"):
+            yield storages(log_dir)
+        yield first.close()
+        # The lock goes with the storage that held it.
+        again = yield storages(log_dir)
+        assert again.last_index == 1
+
+    @deferred_test
     def test_unrelated_files_are_left_alone(self, storages, log_dir):
         os.makedirs(os.path.join(log_dir, "subdir"))
         unrelated = {

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import fcntl
 import os
 import re
 import struct
@@ -355,6 +356,7 @@ class _Recovered:
         self.active = None
         self.end = 0
         self.snapshot = None  # (meta, path) or None
+        self.lock = None  # descriptor of the locked directory
         self.warnings = []  # (format, fields) to log on the reactor thread
 
 
@@ -541,13 +543,39 @@ def _list_files(directory):
     return logs, snapshots, temporaries
 
 
-def _prepare_directory(directory):
+def _prepare_directory(directory, fsync):
+    """
+    Create ``directory`` if needed, check that it can be written and lock it
+    against a second member.
+
+    :returns: the descriptor holding the lock (released when closed, or when
+        the process dies).
+    """
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ConfigurationError(f"log_dir {directory!r} exists and is not a directory")
     try:
-        os.makedirs(directory, exist_ok=True)
+        if not os.path.exists(directory):
+            os.makedirs(directory, exist_ok=True)
+            if fsync:
+                # Make the new directory's own name durable.
+                _fsync_directory(os.path.dirname(os.path.abspath(directory)))
     except OSError as e:
         raise StorageError(f"cannot create log_dir {directory!r}: {e.strerror or e}") from e
+    lock = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock)
+        raise StorageError(f"log_dir {directory!r} is in use by another storage (it is locked)") from None
+    try:
+        _check_writable_directory(directory)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def _check_writable_directory(directory):
     probe = os.path.join(directory, _stem(0, 0) + ".log.probe.tmp")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -563,7 +591,17 @@ def _recover(directory, fsync):
 
     :returns: a :class:`_Recovered`.
     """
-    _prepare_directory(directory)
+    lock = _prepare_directory(directory, fsync)
+    try:
+        state = _recover_locked(directory, fsync)
+    except BaseException:
+        os.close(lock)
+        raise
+    state.lock = lock
+    return state
+
+
+def _recover_locked(directory, fsync):
     state = _Recovered()
     logs, snapshots, temporaries = _list_files(directory)
     for path in temporaries:
@@ -756,6 +794,7 @@ class DiskStorage:
         self._idle_waiters = []
         # Snapshot writers neither committed nor aborted yet.
         self._writers = set()
+        self._lock = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -781,6 +820,7 @@ class DiskStorage:
             self._segments = set(state.index.segments) | {state.active}
             self._end = state.end
             self._hard_state = state.hard_state
+            self._lock = state.lock
             if state.snapshot is not None:
                 meta, path = state.snapshot
                 self._snapshot = (meta, os.open(path, os.O_RDONLY))
@@ -827,6 +867,8 @@ class DiskStorage:
             for segment in self._segments:
                 segment.close()
             self._set_snapshot(None)
+            os.close(self._lock)
+            self._lock = None
             for writer in list(self._writers):
                 writer.abort()
             if self._failure is not None:
