@@ -172,6 +172,17 @@ class TestCreation:
         assert storage.open_snapshot() is None
 
     @deferred_test
+    def test_close_during_open_waits_for_recovery(self, log_dir):
+        storage = DiskStorage(log_dir, reactor=reactor)
+        opened = storage.open()
+        closed = storage.close()
+        yield opened
+        yield closed
+        with pytest.raises(StorageError, match="closed"):
+            storage.append([entry(1, 1)])
+        assert files(log_dir) == [FIRST_LOG]
+
+    @deferred_test
     def test_nested_directory_is_created(self, storages, tmp_path):
         nested = str(tmp_path / "a" / "b" / "member")
         yield storages(nested)

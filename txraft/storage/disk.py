@@ -795,6 +795,8 @@ class DiskStorage:
         # Snapshot writers neither committed nor aborted yet.
         self._writers = set()
         self._lock = None
+        # Fires (with None) when a recovery in progress has finished either way.
+        self._opening = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -810,6 +812,7 @@ class DiskStorage:
         if self._opened or self._closed:
             return defer.fail(StorageError(f"{self.log_dir}: storage already opened"))
         self._opened = True
+        self._opening = defer.Deferred()
         self._pool = ThreadPool(1, 1, name=f"txraft-disk:{self.log_dir}")
         self._pool.start()
         d = deferToThreadPool(self._reactor, self._pool, _recover_or_explain, self.log_dir, self.fsync == "always")
@@ -841,7 +844,12 @@ class DiskStorage:
             self._pool.stop()
             return reason
 
-        return d.addCallbacks(recovered, failed)
+        def finished(result):
+            opening, self._opening = self._opening, None
+            opening.callback(None)
+            return result
+
+        return d.addCallbacks(recovered, failed).addBoth(finished)
 
     def close(self):
         """
@@ -849,6 +857,11 @@ class DiskStorage:
 
         :returns: a Deferred that fires when done.
         """
+        if self._opening is not None:
+            # Close once recovery is over (Deferreds wait their turn).
+            waiting = defer.Deferred()
+            self._opening.addCallback(lambda _: self.close().chainDeferred(waiting))
+            return waiting
         if self._closed:
             return defer.succeed(None)
         self._closed = True
