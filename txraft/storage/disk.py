@@ -45,6 +45,8 @@ import re
 import struct
 import zlib
 from array import array
+
+import msgpack
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -78,6 +80,9 @@ _MAX_RECORD = 1 << 30
 
 _NAME = re.compile(r"^(\d{20})\.(\d{20})\.(log|snap)$")
 _TEMPORARY = re.compile(r"^\d{20}\.\d{20}\.(log|snap)\..*\.tmp$")
+
+# The codec's tag of an Entry record (part of the on-disk format).
+_ENTRY_TAG = codec.to_wire(Entry(0, 0))[0]
 
 # Bound on the cache of recently read or written entries.
 _CACHE_BYTES = 8 * 1024 * 1024
@@ -398,6 +403,28 @@ def _next_good_record(fd, start, size):
     return None
 
 
+_REPLAY_WINDOW = 4 << 20
+
+
+def _peek(payload):
+    """
+    Decode a record payload for recovery.
+
+    :returns: ``(index, term)`` for an entry (the rest is checked when the
+        entry is read), else the decoded value.
+    :raises ValueError: for a malformed payload.
+    """
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ValueError(f"not a valid msgpack value: {e}") from None
+    if type(raw) is list and len(raw) == 6 and raw[0] == _ENTRY_TAG:
+        index, term = raw[2], raw[1]
+        if type(index) is int and type(term) is int and index >= 0 and term >= 0:
+            return index, term
+    return codec.from_wire(raw)
+
+
 def _replay(path, key, state, is_last):
     """
     Replay one log file into ``state`` (a :class:`_Recovered`).
@@ -412,23 +439,29 @@ def _replay(path, key, state, is_last):
     if os.pread(fd, len(LOG_MAGIC), 0) != LOG_MAGIC:
         segment.close()
         raise CorruptLog(f"{path}: offset 0: not a txraft log (bad magic)")
-    reader = io.BufferedReader(_Window(fd, 0, writable=False, limit=size), 1 << 20)
-    reader.seek(len(LOG_MAGIC))
     offset = len(LOG_MAGIC)
+    # The file is read in windows of _REPLAY_WINDOW bytes (or one record, if larger).
+    window, window_start = b"", offset
     first = True
     try:
         while offset < size:
-            header = reader.read(_RECORD.size)
             damage = None
-            if len(header) < _RECORD.size:
+            at = offset - window_start
+            if at + _RECORD.size > len(window):
+                window, window_start, at = os.pread(fd, _REPLAY_WINDOW, offset), offset, 0
+            if at + _RECORD.size > len(window):
                 damage = "short record header"
             else:
-                length, crc = _RECORD.unpack(header)
+                length, crc = _RECORD.unpack_from(window, at)
                 if not 0 < length <= min(_MAX_RECORD, size - offset - _RECORD.size):
                     damage = f"record length {length} runs past the end of the file"
                 else:
-                    payload = reader.read(length)
-                    if not _record_ok(header[:4], crc, payload):
+                    end = at + _RECORD.size + length
+                    if end > len(window):
+                        window = os.pread(fd, max(_REPLAY_WINDOW, _RECORD.size + length), offset)
+                        window_start, at, end = offset, 0, _RECORD.size + length
+                    payload = window[at + _RECORD.size : end]
+                    if not _record_ok(window[at : at + 4], crc, payload):
                         damage = "record checksum mismatch"
             if damage is not None:
                 follows = _next_good_record(fd, offset + 1, size)
@@ -454,10 +487,22 @@ def _replay(path, key, state, is_last):
                 size = offset
                 break
             try:
-                value = codec.decode(payload)
+                value = _peek(payload)
             except ValueError as e:
                 raise CorruptLog(f"{path}: offset {offset}: undecodable record: {e}")
-            if first:
+            if type(value) is tuple:
+                # An entry: only its index and term are needed now.
+                entry_index, entry_term = value
+                index = state.index
+                if first or not index.first_index <= entry_index <= index.last_index + 1:
+                    raise CorruptLog(
+                        f"{path}: offset {offset}: entry {entry_index} does not follow "
+                        f"the log ({index.first_index if index else '?'}..{index.last_index if index else '?'})"
+                    )
+                if entry_index <= index.last_index:
+                    index.truncate_from(entry_index)
+                index.add(entry_index, entry_term, segment, offset, _RECORD.size + length)
+            elif first:
                 if not isinstance(value, SnapshotMeta):
                     raise CorruptLog(f"{path}: offset {offset}: a log must begin with its base record")
                 first = False
@@ -476,15 +521,6 @@ def _replay(path, key, state, is_last):
                     index.truncate_from(value.index + 1)
             elif isinstance(value, HardState):
                 state.hard_state = value
-            elif isinstance(value, Entry):
-                index = state.index
-                if not index.first_index <= value.index <= index.last_index + 1:
-                    raise CorruptLog(
-                        f"{path}: offset {offset}: entry {value.index} does not follow "
-                        f"the log ({index.first_index}..{index.last_index})"
-                    )
-                index.truncate_from(value.index)
-                index.add(value.index, value.term, segment, offset, _RECORD.size + length)
             else:
                 raise CorruptLog(f"{path}: offset {offset}: unexpected {type(value).__name__} record")
             offset += _RECORD.size + length
@@ -940,7 +976,12 @@ class DiskStorage:
         payload = record[_RECORD.size :]
         if len(record) != length or not _record_ok(record[:4], _RECORD.unpack_from(record)[1], payload):
             raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} no longer reads back intact")
-        entry = codec.decode(payload)
+        try:
+            entry = codec.decode(payload)
+        except ValueError as e:
+            raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} does not decode: {e}")
+        if not isinstance(entry, Entry) or entry.index != index:
+            raise CorruptLog(f"{segment.path}: offset {offset}: record is not entry {index}")
         self._remember(entry)
         return entry
 
