@@ -501,6 +501,69 @@ class TestSnapshots:
         assert files(log_dir) == [FIRST_LOG]
 
     @deferred_test
+    def test_failure_between_snapshot_and_log_keeps_previous_state(self, storages, log_dir, monkeypatch):
+        storage = yield storages(log_dir)
+        yield storage.append([entry(1, i) for i in range(1, 21)])
+        yield write_snapshot(storage, SnapshotMeta(5, 1), b"five")
+
+        def crash(*args):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(disk, "_install_file", crash)
+        with pytest.raises(StorageError, match="No space"):
+            yield write_snapshot(storage, SnapshotMeta(15, 1), b"fifteen")
+        with pytest.raises(StorageError):
+            yield storage.close()
+        monkeypatch.undo()
+        # The new snapshot reached its final name, its log did not.
+        assert snapshot_name(1, 15) in files(log_dir)
+        storage = yield storages(log_dir)
+        assert read_snapshot(storage) == (SnapshotMeta(5, 1), b"five")
+        assert (storage.first_index, storage.last_index) == (6, 20)
+        assert snapshot_name(1, 15) not in files(log_dir)
+
+    @deferred_test
+    def test_stale_files_that_cannot_be_removed_only_warn(self, storages, log_dir, monkeypatch):
+        events = Events()
+        storage = yield storages(log_dir, events=events)
+        yield storage.append([entry(1, i) for i in range(1, 21)])
+        yield write_snapshot(storage, SnapshotMeta(5, 1), b"five")
+        real_remove = os.remove
+
+        def refuse(path):
+            if path.endswith(FIRST_LOG):
+                raise PermissionError(13, "Permission denied", path)
+            return real_remove(path)
+
+        monkeypatch.setattr(os, "remove", refuse)
+        yield write_snapshot(storage, SnapshotMeta(15, 1), b"fifteen")
+        monkeypatch.undo()
+        assert [e for e in events.warnings() if "Permission denied" in e.get("error", "")]
+        yield storage.append([entry(1, 21)])
+        yield storage.close()
+        storage = yield storages(log_dir)
+        assert read_snapshot(storage) == (SnapshotMeta(15, 1), b"fifteen")
+        assert storage.last_index == 21
+        # Removed at the next opportunity.
+        assert FIRST_LOG not in files(log_dir)
+
+    @deferred_test
+    def test_torn_tail_of_a_log_started_by_a_snapshot(self, storages, log_dir):
+        storage = yield storages(log_dir)
+        yield storage.append([entry(1, i) for i in range(1, 11)])
+        yield write_snapshot(storage, SnapshotMeta(8, 1), b"eight")
+        yield storage.append([entry(2, 11)])
+        yield storage.append([entry(2, 12)])
+        yield storage.close()
+        path = os.path.join(log_dir, log_name(1, 8))
+        offsets, size = record_offsets(path)
+        os.truncate(path, size - 3)
+        storage = yield storages(log_dir)
+        assert (storage.first_index, storage.last_index) == (9, 11)
+        assert read_snapshot(storage) == (SnapshotMeta(8, 1), b"eight")
+        assert os.path.getsize(path) == offsets[-1]
+
+    @deferred_test
     def test_abort_leaves_no_trace(self, storages, log_dir):
         storage = yield storages(log_dir)
         yield storage.append([entry(1, i) for i in range(1, 6)])
