@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from zope.interface.verify import verifyObject
 
 from txraft.interfaces import IStorage
-from txraft.messages import Entry, HardState, SnapshotMeta
+from txraft.messages import HardState, SnapshotMeta
 from txraft.storage.disk import DiskStorage
 from tests.storage.test_disk import deferred_test, entry, no_leftovers  # noqa: F401 (fixture)
 

@@ -30,9 +30,12 @@ Threading: every write goes through one dedicated worker thread, so writes reach
 the disk in the order they were issued and the reactor never waits for
 ``fsync``.  Everything written in one reactor turn becomes one ``write`` and one
 ``fsync`` (group commit); while that runs, the next batch accumulates.  Reads
-are synchronous: the storage keeps an index of where each entry lives (about 12
+are synchronous: the storage keeps an index of where each entry lives (16
 bytes an entry), the entries not yet on disk and a small cache of recent ones,
 and reads any other entry from its file on demand.
+
+Recovery, crash safety and the fsync policies are described in
+``docs/on-disk-format.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import fcntl
 import os
 import re
 import struct
+import tempfile
 import zlib
 from array import array
 
@@ -733,10 +737,14 @@ class _Batch:
     """
     Writes issued in one reactor turn, done by the worker as one write and one fsync.
 
-    :ivar operations: ``["write", segment, offset, [bytes, ...]]`` or
-        ``["switch", _Switch]`` in issue order.
-    :ivar written: ``(index, serial)`` of entries kept in memory until done.
+    :ivar serial: increases by one from batch to batch.
+    :ivar operations: ``["write", segment, offset, [bytes, ...], total length]``
+        (consecutive records of one file, merged) or ``["switch", _Switch]``,
+        in issue order.
+    :ivar written: indexes of the entries this batch writes; they are held in
+        memory (tagged with ``serial``) until it is done.
     :ivar waiters: Deferreds to fire, in issue order, when the batch is durable.
+    :ivar switches: the snapshot commits among ``operations``.
     """
 
     def __init__(self, serial):
@@ -1311,8 +1319,6 @@ class _SnapshotWriter:
 
 
 def _mkstemp(directory, prefix):
-    import tempfile
-
     try:
         return tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     except OSError as e:
