@@ -37,6 +37,7 @@ class SafetyChecker:
         self._leader_checked = set()  # (member, term) already checked for completeness
         self._applied_seen = {}  # member id -> (client object, last index checked)
         self._matched = {}  # (id a, id b) -> storage versions last checked
+        self._signatures = {}  # member id -> state last checked
 
     def acknowledge(self, command, index):
         """Record that ``append(command)`` reported success at ``index``."""
@@ -45,14 +46,24 @@ class SafetyChecker:
         self.acknowledged[command] = index
 
     def check(self, cluster):
+        changed = False
         for member_id in cluster.running():
             core = cluster.members[member_id].core
             if core is None:
                 continue
+            client = cluster.clients[member_id]
+            # Most events change nothing a property depends on; skip those.
+            signature = (id(core), core.role, core.term, core.commit_index, core.applied_index,
+                         getattr(core.storage, "version", None), len(self.committed))
+            if self._signatures.get(member_id) == signature and signature[5] is not None:
+                continue
+            self._signatures[member_id] = signature
+            changed = True
             self._check_leader(member_id, core)
             self._record_commits(member_id, core)
-            self._check_applied(member_id, cluster.clients[member_id], core)
-        self._check_log_matching(cluster)
+            self._check_applied(member_id, client, core)
+        if changed:
+            self._check_log_matching(cluster)
 
     def _check_leader(self, member_id, core):
         if core.role != LEADER:

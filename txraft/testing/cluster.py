@@ -184,32 +184,45 @@ class SimulatedCluster:
             seen.add(i if core.role == LEADER else core.leader)
         if len(seen) == 1:
             (leader,) = seen
-            return leader or None
+            if leader in self.members and leader not in self.crashed \
+                    and self.members[leader].core.role == LEADER:
+                return leader
         return None
 
     # -- time ----------------------------------------------------------------------
 
-    def run(self, seconds, step=None):
-        """Advance the clock by ``seconds``, checking invariants after every step."""
-        step = step or self.heartbeat / 4
+    def _step(self, limit):
+        """
+        Advance to the next scheduled event, but not past ``limit``.
+
+        ``task.Clock.advance`` runs every call due within the step with the
+        clock already at the step's end, so coarse steps would quantize time
+        and make random timeouts collide; stepping event by event keeps the
+        simulated timing exact.
+        """
+        now = self.clock.seconds()
+        calls = self.clock.calls  # task.Clock keeps them sorted by time
+        target = min(calls[0].getTime(), limit) if calls else limit
+        self.clock.advance(max(target - now, 0))
+        self.check()
+
+    def run(self, seconds):
+        """Advance the clock by ``seconds``, checking invariants after every event."""
         end = self.clock.seconds() + seconds
         while self.clock.seconds() < end:
-            self.clock.advance(min(step, end - self.clock.seconds()))
-            self.check()
+            self._step(end)
 
-    def run_until(self, predicate, timeout, step=None):
+    def run_until(self, predicate, timeout):
         """
         Advance the clock until ``predicate()`` is true.
 
         :returns: whether it became true within ``timeout`` simulated seconds.
         """
-        step = step or self.heartbeat / 4
         end = self.clock.seconds() + timeout
         while not predicate():
             if self.clock.seconds() >= end:
                 return False
-            self.clock.advance(step)
-            self.check()
+            self._step(end)
         return True
 
     def wait_for_leader(self, timeout=10.0):

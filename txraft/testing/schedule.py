@@ -65,7 +65,7 @@ def run_schedule(seed, members=3, steps=150):
         cluster.note("heal everything and wait for convergence")
         cluster.network.drop_rate = 0.0
         cluster.heal()
-        for member_id in list(cluster.crashed):
+        for member_id in sorted(cluster.crashed):
             cluster.restart(member_id)
         if not cluster.run_until(cluster.converged, timeout=60.0):
             raise SafetyViolation("the healed cluster did not converge within 60 simulated seconds: "
@@ -134,6 +134,14 @@ def _random_step(rng, cluster, checker, result, outcomes):
         member_id = rng.choice(running)
         cluster.note(f"force election at {member_id}")
         cluster.members[member_id].start_election()
+    elif roll < 0.80 and cluster.leader() is not None:
+        # Leaders are where the hard cases start: kill one mid-replication.
+        cluster.crash(cluster.leader())
+        result.crashes += 1
+    elif roll < 0.85 and cluster.leader() is not None:
+        leader = cluster.leader()
+        cluster.note(f"isolate leader {leader}")
+        cluster.network.isolate(leader, cluster.ids)
 
 
 def _expected_failure(failure, outcomes):

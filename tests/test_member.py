@@ -1,0 +1,220 @@
+"""The member API (txraft.Raft): append from any member, errors, status, lifecycle."""
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from txraft import RaftClient, errors
+from txraft.interfaces import IRaftClient, IStorage, ITransport
+from txraft.member import Raft
+from txraft.config import RaftConfig
+from txraft.storage.memory import MemoryStorage
+from txraft.testing import RecordingClient, SafetyChecker, SimulatedCluster
+from txraft.transport.memory import MemoryNetwork
+
+
+def outcome(d):
+    box = []
+    d.addBoth(box.append)
+    return box
+
+
+def settled_cluster(size=3, **kwargs):
+    cluster = SimulatedCluster(size, seed=kwargs.pop("seed", 1), checker=SafetyChecker(), **kwargs)
+    cluster.start()
+    assert cluster.wait_for_leader() is not None
+    return cluster
+
+
+def test_interfaces_are_implemented():
+    clock_storage = MemoryStorage()
+    network = MemoryNetwork(None)
+    verifyObject(IStorage, clock_storage)
+    verifyObject(ITransport, network.transport("127.0.0.1:1"))
+    verifyObject(IRaftClient, RaftClient())
+
+
+def test_append_on_a_follower_is_forwarded_and_returns_the_local_apply_result():
+    cluster = settled_cluster()
+    leader = cluster.agreed_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    result = outcome(cluster.members[follower].append(b"hello"))
+    cluster.run(0.5)
+    assert len(result) == 1 and isinstance(result[0], int)
+    index = result[0]
+    for member_id in cluster.ids:
+        assert cluster.clients[member_id].applied[index] == b"hello"
+
+
+def test_append_rejects_non_bytes_at_once():
+    cluster = settled_cluster()
+    with pytest.raises(TypeError, match="bytes"):
+        cluster.members[cluster.ids[0]].append("text")
+
+
+class Failing(RecordingClient):
+    def apply(self, command, index):
+        super().apply(command, index)
+        if command == b"boom":
+            raise ValueError("no booms here")
+        return index
+
+
+def test_apply_exception_reaches_the_caller_as_apply_error():
+    cluster = settled_cluster(client_factory=Failing)
+    result = outcome(cluster.members[cluster.ids[0]].append(b"boom"))
+    cluster.run(0.5)
+    assert result[0].check(errors.ApplyError)
+    assert isinstance(result[0].value.cause, ValueError)
+    # The entry still counts as applied, everywhere.
+    assert all(b"boom" in cluster.clients[i].applied.values() for i in cluster.ids)
+
+
+def test_append_without_a_quorum_times_out_with_a_clear_error():
+    cluster = settled_cluster(request_timeout=2.0)
+    lonely = cluster.ids[0]
+    cluster.network.isolate(lonely, cluster.ids)
+    result = outcome(cluster.members[lonely].append(b"nobody hears me"))
+    cluster.run(2.5)
+    assert result and result[0].check(errors.Timeout)
+    assert "timed out" in str(result[0].value)
+
+
+def test_duplicated_messages_never_apply_a_command_twice():
+    cluster = settled_cluster(duplicate_rate=1.0)
+    follower = next(i for i in cluster.ids if i != cluster.agreed_leader())
+    results = [outcome(cluster.members[follower].append(b"once-%d" % i)) for i in range(20)]
+    cluster.run(2.0)
+    assert all(len(r) == 1 and isinstance(r[0], int) for r in results)
+    for member_id in cluster.ids:
+        commands = list(cluster.clients[member_id].applied.values())
+        assert sorted(commands) == sorted(b"once-%d" % i for i in range(20))
+
+
+def test_forwarded_append_retried_after_lost_reply_is_applied_once():
+    """A follower whose forwarded Append loses its reply retries with the same
+    request id; the session table drops the second copy (dissertation 6.3)."""
+    cluster = settled_cluster()
+    leader = cluster.agreed_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    network = cluster.network
+    original = network._return
+    lost = []
+
+    def lose_first_forward_reply(outcome_, sender, receiver, result):
+        from txraft.messages import ForwardAppendReply
+
+        if isinstance(outcome_, ForwardAppendReply) and not lost:
+            lost.append(outcome_)
+            return  # the leader placed it; the follower never hears back
+        original(outcome_, sender, receiver, result)
+
+    network._return = lose_first_forward_reply
+    result = outcome(cluster.members[follower].append(b"exactly-once"))
+    cluster.run(3.0)
+    assert lost, "the test did not lose the reply"
+    assert len(result) == 1 and isinstance(result[0], int)
+    for member_id in cluster.ids:
+        applied = list(cluster.clients[member_id].applied.values())
+        assert applied.count(b"exactly-once") == 1
+
+
+def test_status_reports_the_cluster_view():
+    cluster = settled_cluster()
+    leader = cluster.agreed_leader()
+    cluster.members[leader].append(b"x")
+    cluster.run(0.5)
+    for member_id in cluster.ids:
+        status = cluster.members[member_id].status()
+        assert status.id == member_id
+        assert status.leader == leader
+        assert status.role == ("leader" if member_id == leader else "follower")
+        assert status.commit_index == status.applied_index == status.last_index == 2
+        assert status.members == tuple(sorted(cluster.ids))
+        assert status.term >= 1
+
+
+def test_members_cannot_be_added_after_start_and_stopped_members_cannot_restart():
+    cluster = settled_cluster()
+    member = cluster.members[cluster.ids[0]]
+    with pytest.raises(errors.RaftError, match="before start"):
+        member.add_member("127.0.0.9:7000")
+    member.stop()
+    assert member.status().role == "stopped"
+    failure = outcome(member.start())
+    assert failure[0].check(errors.Stopped)
+    assert outcome(member.append(b"late"))[0].check(errors.Stopped)
+
+
+def test_stop_fails_waiting_appends_with_stopped():
+    cluster = settled_cluster()
+    member_id = cluster.ids[0]
+    cluster.network.isolate(member_id, cluster.ids)
+    waiting = outcome(cluster.members[member_id].append(b"pending"))
+    cluster.members[member_id].stop()
+    assert waiting[0].check(errors.Stopped)
+
+
+def test_leader_changed_hook_is_called():
+    seen = []
+
+    class Watching(RecordingClient):
+        def leader_changed(self, me, leader):
+            seen.append((me, leader))
+
+    cluster = settled_cluster(client_factory=Watching)
+    leader = cluster.agreed_leader()
+    assert (leader, leader) in seen
+    assert all((member_id, leader) in seen for member_id in cluster.ids)
+
+
+def test_read_index_waits_for_everything_committed_before_it():
+    cluster = settled_cluster()
+    leader = cluster.agreed_leader()
+    follower = next(i for i in cluster.ids if i != leader)
+    # Cut the follower off so it has not applied the write when the read starts.
+    cluster.network.cut(leader, follower)
+    write = outcome(cluster.members[leader].append(b"written"))
+    cluster.run(0.2)
+    assert isinstance(write[0], int)
+    assert write[0] not in cluster.clients[follower].applied
+    cluster.heal()
+    read = outcome(cluster.members[follower].read_index())
+    assert not read
+    cluster.run(1.0)
+    assert isinstance(read[0], int)
+    assert read[0] >= write[0]
+    assert cluster.clients[follower].applied[write[0]] == b"written"
+
+
+def test_single_member_cluster_commits_alone():
+    cluster = settled_cluster(size=1)
+    result = outcome(cluster.members[cluster.ids[0]].append(b"solo"))
+    cluster.run(0.2)
+    assert result == [2]
+
+
+def test_config_rejects_bad_values_with_the_setting_named():
+    with pytest.raises(errors.ConfigurationError, match="listen"):
+        RaftConfig(listen="nonsense")
+    with pytest.raises(errors.ConfigurationError, match="heartbeat"):
+        RaftConfig(heartbeat=0)
+    with pytest.raises(errors.ConfigurationError, match="fsync"):
+        RaftConfig(fsync="sometimes")
+    with pytest.raises(errors.ConfigurationError, match="election_timeout"):
+        RaftConfig(heartbeat=1.0, election_timeout=0.5)
+
+
+def test_raft_defaults_to_memory_storage_without_log_dir():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    member = Raft(RaftConfig(listen="127.0.0.1:7000"), RecordingClient(), reactor=clock,
+                  transport=network.transport("127.0.0.1:7000"))
+    member.start()
+    clock.advance(1.0)
+    assert member.status().role == "leader"
+    result = outcome(member.append(b"solo"))
+    clock.advance(0.1)
+    assert result == [2]
+    member.stop()
