@@ -10,6 +10,7 @@ the other ``tests/storage`` modules.
 import functools
 import os
 import shutil
+import sys
 import threading
 import tracemalloc
 
@@ -937,3 +938,36 @@ def test_record_framing_uses_crc32_of_length_and_payload():
     assert length == len(payload)
     assert crc == zlib.crc32(record[:4] + payload)
     assert codec.decode(payload) == value
+
+
+SHUTDOWN_SCRIPT = """
+import signal
+import sys
+from twisted.internet import reactor
+
+signal.alarm(20)  # a process that cannot exit fails the test instead of hanging it
+from txraft.messages import Entry
+from txraft.storage.disk import DiskStorage
+
+storage = DiskStorage(sys.argv[1], reactor=reactor)
+
+def opened(_):
+    storage.append([Entry(1, 1, data=b"written at shutdown")])
+    reactor.stop()  # without closing the storage
+
+storage.open().addCallback(opened)
+reactor.run()
+"""
+
+
+@deferred_test
+def test_reactor_shutdown_flushes_and_stops_the_worker(storages, log_dir):
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out, err, code = yield getProcessOutputAndValue(
+        sys.executable, ["-c", SHUTDOWN_SCRIPT, log_dir], env=dict(os.environ, PYTHONPATH=repo), path=repo
+    ).addTimeout(40, reactor)
+    assert code == 0, err.decode(errors="replace")
+    storage = yield storages(log_dir)
+    assert storage.entries(1, 2) == [entry(1, 1, b"written at shutdown")]

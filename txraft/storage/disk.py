@@ -841,6 +841,8 @@ class DiskStorage:
         self._lock = None
         # Fires (with None) when a recovery in progress has finished either way.
         self._opening = None
+        # Closes the storage (flushing it) if the reactor stops first.
+        self._shutdown_trigger = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -874,6 +876,10 @@ class DiskStorage:
                 self._snapshot_issued = meta
             for fmt, fields in state.warnings:
                 self.log.warn(fmt, **fields)
+            if hasattr(self._reactor, "addSystemEventTrigger"):
+                self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                    "before", "shutdown", self._close_at_shutdown
+                )
             self.log.info(
                 "Opened {log_dir}: entries {first}..{last}, term {term}",
                 log_dir=self.log_dir,
@@ -911,6 +917,9 @@ class DiskStorage:
         self._closed = True
         if self._index is None:
             return defer.succeed(None)
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
@@ -932,6 +941,10 @@ class DiskStorage:
                 raise StorageError(f"{self.log_dir}: closed after a write failed: {self._failure}")
 
         return d.addCallback(stop)
+
+    def _close_at_shutdown(self):
+        self._shutdown_trigger = None
+        return self.close()
 
     # -- reads ---------------------------------------------------------------
 
