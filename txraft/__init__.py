@@ -13,7 +13,10 @@ store and the deterministic simulator in :mod:`txraft.testing`.
 
 __version__ = "0.1.0"
 
+from txraft import errors
 from txraft.client import RaftClient
 from txraft.config import RaftConfig
+from txraft.core.raft import Status
+from txraft.member import Raft
 
-__all__ = ["RaftClient", "RaftConfig", "__version__"]
+__all__ = ["Raft", "RaftClient", "RaftConfig", "Status", "errors", "__version__"]
