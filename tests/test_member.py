@@ -75,8 +75,9 @@ def test_append_without_a_quorum_times_out_with_a_clear_error():
     cluster.network.isolate(lonely, cluster.ids)
     result = outcome(cluster.members[lonely].append(b"nobody hears me"))
     cluster.run(2.5)
-    assert result and result[0].check(errors.Timeout)
-    assert "timed out" in str(result[0].value)
+    assert result and result[0].check(errors.NoQuorum)
+    assert isinstance(result[0].value, errors.Timeout)
+    assert "no leader" in str(result[0].value)
 
 
 def test_duplicated_messages_never_apply_a_command_twice():

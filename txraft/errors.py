@@ -30,12 +30,13 @@ class NotLeader(RaftError):
         super().__init__(message)
 
 
-class NoQuorum(RaftError):
-    """No leader could be reached (no quorum of members answers)."""
-
-
 class Timeout(RaftError):
     """The request did not complete within its time limit; its outcome is unknown."""
+
+
+class NoQuorum(Timeout):
+    """The time limit passed without any leader answering (no quorum of members
+    could elect one, or this member cannot reach it)."""
 
 
 class Stopped(RaftError):

@@ -291,8 +291,13 @@ class Raft:
 
     def _expire(self, pending):
         pending.timer = None
-        self._finish(pending, errors.Timeout(
-            "append() timed out; the command may still be applied (at most once)"))
+        if self.core is not None and not self.core.leader:
+            error = errors.NoQuorum(
+                "append() timed out with no leader known to this member; "
+                "the command may still be applied (at most once)")
+        else:
+            error = errors.Timeout("append() timed out; the command may still be applied (at most once)")
+        self._finish(pending, error)
 
     def _finish(self, pending, outcome):
         if self._pending.pop(pending.seq, None) is None:
