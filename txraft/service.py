@@ -1,0 +1,279 @@
+"""
+:class:`RaftService`: one txraft member as a Twisted service.
+
+It builds a :class:`txraft.member.Raft` from a :class:`txraft.RaftConfig`
+(disk storage in ``config.log_dir``, AMP over mutual TLS, or plain TCP when
+``config.insecure``), starts it with the service and stops it, flushing the
+log, when the service stops.  With ``http=(host, port)`` it also serves the
+key-value HTTP API (:func:`txraft.http.create_api`): HTTPS that requires a
+client certificate from the cluster CA whose name is in ``client_acl``, or
+plain HTTP when the member is insecure.
+
+It is an ordinary :class:`~twisted.application.service.MultiService`, so it
+fits in any Twisted application::
+
+    from twisted.application import service
+    from txraft import RaftConfig
+    from txraft.service import RaftService
+
+    application = service.Application("counter")
+    config = RaftConfig(listen="10.0.0.1:7001", log_dir="/var/lib/counter",
+                        cert="member1.pem", key="member1.key", ca="ca.pem",
+                        acl=("member1", "member2", "member3"))
+    raft_service = RaftService(config, Counter(), members=["10.0.0.2:7001", "10.0.0.3:7001"])
+    raft_service.setServiceParent(application)
+
+``twistd raft`` (:mod:`txraft.tap`) makes one from its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.web import http, server
+from zope.interface import implementer
+
+from txraft.member import Raft
+
+__all__ = ["RaftService", "ClientCertificateSite"]
+
+
+@implementer(IHandshakeListener)
+class _ClientCheckedChannel(http.HTTPChannel):
+    """
+    An HTTP connection that is aborted right after its TLS handshake unless
+    the client's certificate carries a name in the site's ``client_acl``.
+
+    ``TLSMemoryBIOProtocol`` calls :meth:`handshakeCompleted` before it
+    delivers any request byte, so a refused client never reaches a resource.
+    """
+
+    log = Logger()
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+
+    def handshakeCompleted(self):
+        from txraft.transport.tls import certificate_names
+
+        site = self.factory
+        if site.client_acl is None:
+            return
+        x509_cert = self.transport.getPeerCertificate()
+        names = certificate_names(x509_cert.to_cryptography()) if x509_cert is not None else frozenset()
+        if not names & site.client_acl:
+            peer = self.transport.getPeer()
+            self.log.warn(
+                "HTTP API: refused client {peer} with certificate names {names}: no name is in --client-acl",
+                peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
+                names=sorted(names),
+            )
+            self.transport.abortConnection()
+
+
+class ClientCertificateSite(server.Site):
+    """
+    A :class:`~twisted.web.server.Site` that admits only TLS clients whose
+    certificate names meet ``client_acl`` (``None``: everyone, for plain
+    HTTP), keeps track of its connections so that they can be closed with
+    the service, and does not write an access log line per request.
+    """
+
+    protocol = _ClientCheckedChannel
+
+    def __init__(self, resource, client_acl=None, reactor=None):
+        super().__init__(resource, reactor=reactor)
+        self.client_acl = frozenset(client_acl) if client_acl is not None else None
+        self.connections = set()
+        self.noisy = False
+
+    def log(self, request):
+        """No access log: a busy member would spend its time writing it."""
+
+
+class RaftService(service.MultiService):
+    """
+    A Raft member (and optionally its HTTP API) started and stopped with the
+    service.
+
+    :param config: the member's :class:`txraft.RaftConfig`; ``config.listen``
+        is its id.
+    :param app: the replicated application, a :class:`txraft.RaftClient`.
+    :param members: ids (``host:port``) of the other members; this member's
+        own id may be among them.
+    :param reactor: the reactor; the global one when ``None``.
+    :param http: ``(host, port)`` of the client API, or ``None`` for none.
+        The API needs ``app`` to be a :class:`txraft.kv.KeyValueStore`.
+    :param client_acl: certificate names of the clients the HTTPS API admits.
+    :param storage: an :class:`~txraft.interfaces.IStorage` to use instead of
+        the default (disk in ``config.log_dir``).
+    :param transport: an :class:`~txraft.interfaces.ITransport` to use instead
+        of AMP.
+    :param exit_on_failure: when the member cannot start, log one line, stop
+        the reactor and exit the process with status 1 (what ``twistd raft``
+        wants; embedding applications leave it off and watch :attr:`ready`).
+
+    :ivar raft: the :class:`txraft.member.Raft`, from :meth:`startService` on.
+    :ivar ready: a Deferred firing with this service once the member runs and
+        the HTTP API listens, or failing with the reason it could not start.
+        A new one is made by every :meth:`startService`.
+    :ivar http_address: ``(host, port)`` the API listens on once ready.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
+                 transport=None, exit_on_failure=False, max_command_size=1024 * 1024):
+        super().__init__()
+        if isinstance(members, str):
+            raise TypeError("members must be a sequence of member ids, not a str")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.app = app
+        self.members = tuple(members)
+        self.reactor = reactor
+        self.http = http
+        self.client_acl = tuple(client_acl or ())
+        self.exit_on_failure = exit_on_failure
+        self.max_command_size = max_command_size
+        self._storage = storage
+        self._transport = transport
+        self.raft = None
+        self.metrics = None
+        self.ready = None
+        self.http_address = None
+        self._site = None
+        self._port = None
+        self._starting = None
+
+    # -- service ----------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self.raft = Raft(self.config, self.app, reactor=self.reactor, transport=self._transport,
+                         storage=self._storage)
+        for member in self.members:
+            self.raft.add_member(member)
+        self.ready = defer.Deferred()
+        self._starting = defer.Deferred.fromCoroutine(self._start())
+        self._starting.addCallbacks(self._started, self._failed)
+
+    async def _start(self):
+        await self.raft.start()
+        if self.http is not None:
+            await self._listen_http()
+
+    def _started(self, _):
+        self._starting = None
+        self.log.info("txraft member {member} running; members {members}; HTTP API {api}",
+                      member=self.raft.id, members=list(self.raft.members),
+                      api="off" if self.http_address is None else "%s:%d" % self.http_address)
+        self.ready.callback(self)
+
+    def _failed(self, failure):
+        self._starting = None
+        reason = failure.getErrorMessage() or failure.type.__name__
+        self.log.failure("txraft member {member} could not start: {reason}", failure,
+                         member=self.config.listen, reason=reason)
+        self.ready.errback(failure)
+        self.ready.addErrback(lambda _: None)
+        if self.exit_on_failure:
+            sys.stderr.write(f"txraft: member {self.config.listen} could not start: {reason}\n")
+            sys.stderr.flush()
+            self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+            self.reactor.stop()
+
+    def stopService(self):
+        """
+        Stop the HTTP API (closing its connections), then the member: waiting
+        requests fail, connections close and the log is flushed and closed.
+
+        :returns: a Deferred firing when all of it is done.
+        """
+        super_stop = super().stopService
+        return defer.Deferred.fromCoroutine(self._stop(super_stop))
+
+    async def _stop(self, super_stop):
+        if self._starting is not None:
+            # Let a start in progress finish (or fail) before undoing it.
+            try:
+                await self._starting
+            except Exception:
+                pass
+        if self._port is not None:
+            port, self._port = self._port, None
+            await defer.maybeDeferred(port.stopListening)
+        if self._site is not None:
+            waits = []
+            for channel in list(self._site.connections):
+                waits.append(_connection_closed(channel))
+                channel.transport.abortConnection()
+            await defer.DeferredList(waits)
+            self._site = None
+        if self.raft is not None:
+            await self.raft.stop()
+        await defer.maybeDeferred(super_stop)
+
+    # -- the HTTP API -------------------------------------------------------------
+
+    async def _listen_http(self):
+        from txraft.http import create_api
+
+        try:
+            from txraft.metrics import MemberMetrics
+        except ImportError:  # metrics are optional
+            self.metrics = None
+        else:
+            self.metrics = MemberMetrics(self.raft)
+        resource = create_api(self.raft, self.app, metrics=self.metrics,
+                              request_timeout=self.config.request_timeout,
+                              max_command_size=self.max_command_size)
+        host, port = self.http
+        if self.config.insecure:
+            self._site = ClientCertificateSite(resource, client_acl=None, reactor=self.reactor)
+            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+            if ":" in host:
+                endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+        else:
+            from txraft.transport.tls import TLSCredentials
+
+            credentials = TLSCredentials.load(self.config.cert, self.config.key, self.config.ca)
+            self._site = ClientCertificateSite(resource, client_acl=self.client_acl, reactor=self.reactor)
+            endpoint = endpoints.SSL4ServerEndpoint(self.reactor, port, credentials.options(), interface=host)
+        self._port = await endpoint.listen(self._site)
+        self.http_address = (host, self._port.getHost().port)
+        if self.config.insecure:
+            self.log.warn("HTTP API on {host}:{port} is INSECURE: plain HTTP, clients are not authenticated",
+                          host=host, port=self.http_address[1])
+
+
+def _connection_closed(channel):
+    d = defer.Deferred()
+    lost = channel.connectionLost
+
+    def connection_lost(reason):
+        try:
+            lost(reason)
+        finally:
+            if not d.called:
+                d.callback(None)
+
+    channel.connectionLost = connection_lost
+    return d
+
+
+def _exit_failed():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
