@@ -1,0 +1,166 @@
+"""Prometheus metrics of a member (txraft.metrics), checked on the simulator."""
+
+from prometheus_client.parser import text_string_to_metric_families
+from zope.interface.verify import verifyObject
+
+from txraft import errors
+from txraft.interfaces import ITransport
+from txraft.kv import KeyValueClient, KeyValueStore
+from txraft.metrics import CountingTransport, MemberMetrics
+from txraft.testing import SimulatedCluster
+
+
+def outcome(d):
+    box = []
+    d.addBoth(box.append)
+    return box
+
+
+def settled(**kwargs):
+    cluster = SimulatedCluster(3, seed=kwargs.pop("seed", 1), client_factory=KeyValueStore, **kwargs)
+    cluster.start()
+    assert cluster.wait_for_leader() is not None
+    return cluster
+
+
+def sample(metrics, name, **labels):
+    metrics.render()  # a scrape, as Prometheus would make
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def follower_of(cluster):
+    return next(i for i in cluster.ids if i != cluster.agreed_leader())
+
+
+def test_counting_transport_is_a_transport():
+    from txraft.transport.memory import MemoryNetwork
+
+    verifyObject(ITransport, CountingTransport(MemoryNetwork(None).transport("127.0.0.1:1")))
+
+
+def test_exposition_parses_and_every_name_is_prefixed():
+    cluster = settled()
+    metrics = MemberMetrics(cluster.members[cluster.ids[0]])
+    families = list(text_string_to_metric_families(metrics.render().decode()))
+    names = {f.name for f in families}
+    assert all(name.startswith("txraft_") for name in names)
+    for expected in ("txraft_term", "txraft_role", "txraft_commit_index", "txraft_applied_index",
+                     "txraft_last_index", "txraft_append_latency_seconds", "txraft_elections",
+                     "txraft_leader_changes", "txraft_snapshots_taken", "txraft_snapshots_installed",
+                     "txraft_replicated_bytes"):
+        assert expected in names, expected
+    assert metrics.content_type.startswith("text/plain")
+
+
+def test_each_member_has_its_own_registry():
+    cluster = settled()
+    all_metrics = {i: MemberMetrics(cluster.members[i]) for i in cluster.ids}
+    leader = cluster.agreed_leader()
+    for member_id, metrics in all_metrics.items():
+        is_leader = 1.0 if member_id == leader else 0.0
+        assert sample(metrics, "txraft_role", role="leader") == is_leader
+        assert sample(metrics, "txraft_role", role="follower") == 1.0 - is_leader
+        assert sample(metrics, "txraft_role", role="candidate") == 0.0
+
+
+def test_gauges_follow_the_status_at_scrape_time():
+    cluster = settled()
+    member = cluster.members[follower_of(cluster)]
+    metrics = MemberMetrics(member)
+    kv = KeyValueClient(member, cluster.clients[member.id], metrics=metrics)
+    for n in range(5):
+        outcome(kv.put(f"k{n}", b"v"))
+    cluster.run(0.5)
+    status = member.status()
+    assert sample(metrics, "txraft_term") == status.term
+    assert sample(metrics, "txraft_commit_index") == status.commit_index == 6
+    assert sample(metrics, "txraft_applied_index") == status.applied_index == 6
+    assert sample(metrics, "txraft_last_index") == status.last_index == 6
+    assert sample(metrics, "txraft_has_leader") == 1.0
+    assert sample(metrics, "txraft_members") == 3.0
+
+
+def test_append_latency_is_observed_and_failures_counted_by_error():
+    cluster = settled(request_timeout=1.0)
+    member = cluster.members[follower_of(cluster)]
+    metrics = MemberMetrics(member)
+    done = outcome(metrics.timed_append(b"\x93\x01\xa1k\xc4\x01v"))
+    cluster.run(0.5)
+    assert done and not hasattr(done[0], "check")
+    assert sample(metrics, "txraft_append_latency_seconds_count") == 1.0
+    latency = sample(metrics, "txraft_append_latency_seconds_sum")
+    assert 0 < latency < 0.5
+    metrics.observe_append(0.25)
+    assert sample(metrics, "txraft_append_latency_seconds_count") == 2.0
+    cluster.network.isolate(member.id, cluster.ids)
+    failed = outcome(metrics.timed_append(b"lost", timeout=0.5))
+    cluster.run(1.0)
+    assert failed[0].check(errors.Timeout)
+    # NoQuorum (a Timeout) when this member knows no leader by then
+    counted = [sample(metrics, "txraft_append_failures_total", error=name) for name in ("Timeout", "NoQuorum")]
+    assert sorted(counted, key=str) == [1.0, None]
+    assert type(failed[0].value).__name__ in ("Timeout", "NoQuorum")
+    assert sample(metrics, "txraft_append_latency_seconds_count") == 2.0
+
+
+def test_elections_and_leader_changes_are_counted():
+    cluster = settled()
+    all_metrics = {i: MemberMetrics(cluster.members[i]) for i in cluster.ids}
+    old = cluster.agreed_leader()
+    challenger = follower_of(cluster)
+    cluster.members[challenger].start_election()
+    assert cluster.run_until(lambda: cluster.agreed_leader() not in (None, old), 5.0)
+    for metrics in all_metrics.values():
+        assert sample(metrics, "txraft_elections_total") >= 1.0
+        assert sample(metrics, "txraft_leader_changes_total") >= 1.0
+
+
+def test_snapshots_taken_and_installed_are_counted_and_bytes_replicated_per_peer():
+    cluster = settled(snapshot_threshold=8)
+    leader = cluster.agreed_leader()
+    victim = follower_of(cluster)
+    leader_metrics = MemberMetrics(cluster.members[leader])
+    kv = KeyValueClient(cluster.members[leader], cluster.clients[leader])
+    for n in range(30):
+        outcome(kv.put(f"k{n}", b"x" * 100))
+        cluster.run(0.05)  # one commit at a time, so several snapshots are due
+    cluster.run(0.5)
+    assert sample(leader_metrics, "txraft_snapshots_taken_total") >= 2.0
+    assert sample(leader_metrics, "txraft_snapshot_index") > 0
+    for peer in cluster.ids:
+        if peer != leader:
+            # 30 entries of a ~110-byte command, plus the entry overhead
+            assert sample(leader_metrics, "txraft_replicated_bytes_total", peer=peer, kind="entries") >= 30 * 110
+            assert sample(leader_metrics, "txraft_replicated_entries_total", peer=peer) >= 30
+
+    cluster.crash(victim)
+    for n in range(30, 60):
+        outcome(kv.put(f"k{n}", b"y" * 100))
+    cluster.run(1.0)
+    restarted = cluster.restart(victim)
+    victim_metrics = MemberMetrics(restarted)
+    assert cluster.run_until(cluster.converged, 10.0)
+    assert sample(victim_metrics, "txraft_snapshots_installed_total") == 1.0
+    assert sample(leader_metrics, "txraft_replicated_bytes_total", peer=victim, kind="snapshot") > 0
+
+
+def test_metrics_made_before_start_attach_at_the_first_scrape():
+    from twisted.internet.task import Clock
+
+    from txraft.config import RaftConfig
+    from txraft.member import Raft
+    from txraft.transport.memory import MemoryNetwork
+
+    clock = Clock()
+    network = MemoryNetwork(clock)
+    member = Raft(RaftConfig(listen="127.0.0.1:7000", heartbeat=0.05), KeyValueStore(), reactor=clock,
+                  transport=network.transport("127.0.0.1:7000"))
+    metrics = MemberMetrics(member)
+    assert sample(metrics, "txraft_term") == 0.0
+    assert not metrics.attach()
+    member.start()
+    clock.advance(1.0)
+    assert sample(metrics, "txraft_role", role="leader") == 1.0
+    assert isinstance(member.core.transport, CountingTransport)
+    member.stop()
+    assert sample(metrics, "txraft_role", role="stopped") == 1.0

@@ -1,0 +1,270 @@
+"""
+Prometheus metrics of one Raft member.
+
+:class:`MemberMetrics` keeps its own :class:`prometheus_client.CollectorRegistry`
+(several members may share a process) and renders it on the reactor thread::
+
+    metrics = MemberMetrics(raft)             # after raft.start() has fired
+    d = metrics.timed_append(command)         # observes the append latency
+    text = metrics.render()                   # Prometheus text exposition
+
+Gauges (term, role, commit/applied/last index) are read from
+``raft.status()`` at scrape time, so they are never stale.  Counters that need
+events (leader changes, snapshots installed from the leader) come from the
+core's ``on_leader_change``, ``on_restore`` and ``on_apply`` hooks, attached
+once the member has started.  Bytes replicated per peer are counted by
+:class:`CountingTransport`, a wrapper around the member's transport.
+
+Every name starts with ``txraft_``:
+
+==========================================  =================================================
+``txraft_term``                             current term
+``txraft_role{role}``                       1 for this member's role, 0 for the others
+``txraft_has_leader``                       1 when a leader is known
+``txraft_commit_index``                     highest index known committed
+``txraft_applied_index``                    highest index applied
+``txraft_last_index``                       last index in the log
+``txraft_snapshot_index``                   index of the latest snapshot (0: none)
+``txraft_members``                          number of members
+``txraft_elections_total``                  terms begun since this process started (each
+                                            term opens with an election)
+``txraft_leader_changes_total``             times a new leader became known
+``txraft_snapshots_taken_total``            snapshots this member wrote of its own state
+``txraft_snapshots_installed_total``        snapshots installed from the leader
+``txraft_replicated_bytes_total{peer,kind}``  bytes of log entries (``kind="entries"``) and
+                                            snapshot chunks (``kind="snapshot"``) sent
+``txraft_replicated_entries_total{peer}``   log entries sent (retransmissions included)
+``txraft_append_latency_seconds``           histogram: ``append()`` call to local apply
+``txraft_append_failures_total{error}``     appends that failed, by exception class
+==========================================  =================================================
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txraft import messages as m
+from txraft.interfaces import ITransport
+
+ROLES = ("leader", "follower", "candidate", "stopped")
+
+#: Append latency buckets, seconds: from a loopback cluster (~1 ms) to the
+#: default request timeout (10 s).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@implementer(ITransport)
+class CountingTransport:
+    """
+    An :class:`~txraft.interfaces.ITransport` that passes everything to
+    ``transport`` and counts what it sends per peer.
+
+    :ivar entry_bytes: peer -> bytes of log entries sent in AppendEntries
+        (``Entry.size()``, the same measure that bounds batches).
+    :ivar snapshot_bytes: peer -> bytes of snapshot chunks sent.
+    :ivar entries: peer -> number of log entries sent.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.entry_bytes = {}
+        self.snapshot_bytes = {}
+        self.entries = {}
+
+    def start(self, handler):
+        return self.transport.start(handler)
+
+    def send(self, peer, message):
+        if isinstance(message, m.AppendEntries) and message.entries:
+            self.entry_bytes[peer] = self.entry_bytes.get(peer, 0) + sum(e.size() for e in message.entries)
+            self.entries[peer] = self.entries.get(peer, 0) + len(message.entries)
+        elif isinstance(message, m.InstallSnapshot):
+            self.snapshot_bytes[peer] = self.snapshot_bytes.get(peer, 0) + len(message.data)
+        return self.transport.send(peer, message)
+
+    def stop(self):
+        return self.transport.stop()
+
+
+class MemberMetrics:
+    """
+    The metrics of one member, in a registry of their own.
+
+    :param raft: the :class:`txraft.member.Raft`.  Event counters attach to
+        its core when it has started: at construction if it has, otherwise at
+        the first scrape or :meth:`attach` call.
+    :param registry: a :class:`prometheus_client.CollectorRegistry`; a new
+        one by default.
+    :param bool count_bytes: wrap the core's transport in a
+        :class:`CountingTransport` (unless it is one already) to count bytes
+        replicated per peer.
+    """
+
+    log = Logger()
+
+    def __init__(self, raft, registry=None, count_bytes=True):
+        self.raft = raft
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.count_bytes = count_bytes
+        self.append_latency = Histogram(
+            "txraft_append_latency_seconds",
+            "Seconds from an append() through this member's API to its apply() here",
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.append_failures = Counter(
+            "txraft_append_failures_total", "append() calls through this member's API that failed",
+            ["error"], registry=self.registry)
+        # Event counters, updated by the core's hooks once attached.
+        self.leader_changes = 0
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+        self._core = None
+        self._first_term = None
+        self._seen_snapshot = 0
+        self.transport = None  # the CountingTransport, once attached
+        self.registry.register(_StatusCollector(self))
+        self.attach()
+
+    # -- attaching to the core -----------------------------------------------
+
+    def attach(self):
+        """
+        Hook into the member's core if it has started and is not hooked yet.
+
+        :returns: whether the metrics are attached.
+        """
+        core = getattr(self.raft, "core", None)
+        if core is None:
+            return False
+        if core is self._core:
+            return True
+        self._core = core
+        self._first_term = core.term
+        self._seen_snapshot = getattr(core, "_snapshot_index", 0)
+        core.on_leader_change.append(self._on_leader_change)
+        core.on_restore.append(self._on_restore)
+        core.on_apply.append(self._on_apply)
+        transport = getattr(core, "transport", None)
+        if isinstance(transport, CountingTransport):
+            self.transport = transport
+        elif self.count_bytes and transport is not None:
+            # The core has no send hook: stack a counting wrapper in front of
+            # its transport (treq-style), which changes nothing it sends.
+            self.transport = core.transport = CountingTransport(transport)
+        return True
+
+    def _on_leader_change(self, leader):
+        if leader:
+            self.leader_changes += 1
+
+    def _on_restore(self, meta):
+        self.snapshots_installed += 1
+        self._seen_snapshot = max(self._seen_snapshot, getattr(self._core, "_snapshot_index", meta.index))
+
+    def _on_apply(self, entry, outcome):
+        self._notice_snapshots()
+
+    def _notice_snapshots(self):
+        # The core offers no hook for snapshots it takes; it records the
+        # latest one's index, which moves forward when a snapshot is written
+        # here and when one is restored (counted by _on_restore).  Checked
+        # after every apply, so no snapshot goes unnoticed (the core takes at
+        # most one per batch of applies).
+        core = self._core
+        if core is None:
+            return
+        index = getattr(core, "_snapshot_index", 0)
+        if index > self._seen_snapshot:
+            self.snapshots_taken += 1
+            self._seen_snapshot = index
+
+    # -- observing appends ---------------------------------------------------------
+
+    def observe_append(self, seconds):
+        """Record one append that took ``seconds`` from call to local apply."""
+        self.append_latency.observe(seconds)
+
+    def timed_append(self, command, timeout=None):
+        """
+        ``raft.append(command, timeout)``, observing its latency (or counting
+        its failure by exception class).
+
+        :returns: the Deferred of :meth:`txraft.member.Raft.append`, unchanged.
+        """
+        clock = self.raft.reactor
+        started = clock.seconds()
+        d = self.raft.append(command, timeout)
+
+        def succeeded(result):
+            self.observe_append(clock.seconds() - started)
+            return result
+
+        def failed(failure):
+            self.append_failures.labels(type(failure.value).__name__).inc()
+            return failure
+
+        return d.addCallbacks(succeeded, failed)
+
+    # -- exposition ----------------------------------------------------------------
+
+    def render(self):
+        """:returns: the Prometheus text exposition of this member (bytes)."""
+        return generate_latest(self.registry)
+
+    content_type = CONTENT_TYPE_LATEST
+
+
+class _StatusCollector:
+    """Reads the member's status at scrape time."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        metrics = self.metrics
+        metrics.attach()
+        metrics._notice_snapshots()
+        status = metrics.raft.status()
+        core = metrics._core
+
+        def gauge(name, doc, value):
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield gauge("txraft_term", "Current term", status.term)
+        roles = GaugeMetricFamily("txraft_role", "1 for this member's current role", labels=["role"])
+        for role in ROLES:
+            roles.add_metric([role], 1 if status.role == role else 0)
+        yield roles
+        yield gauge("txraft_has_leader", "1 when this member knows a leader", 1 if status.leader else 0)
+        yield gauge("txraft_commit_index", "Highest log index known committed", status.commit_index)
+        yield gauge("txraft_applied_index", "Highest log index applied", status.applied_index)
+        yield gauge("txraft_last_index", "Last index in the log", status.last_index)
+        yield gauge("txraft_members", "Members of the cluster", len(status.members))
+        yield gauge("txraft_snapshot_index", "Index of the latest snapshot (0: none)",
+                    getattr(core, "_snapshot_index", 0) if core is not None else 0)
+
+        first = metrics._first_term if metrics._first_term is not None else status.term
+        yield CounterMetricFamily("txraft_elections", "Terms begun (elections held) since this member started",
+                                  value=max(0, status.term - first))
+        yield CounterMetricFamily("txraft_leader_changes", "Times a new leader became known",
+                                  value=metrics.leader_changes)
+        yield CounterMetricFamily("txraft_snapshots_taken", "Snapshots of this member's own state",
+                                  value=metrics.snapshots_taken)
+        yield CounterMetricFamily("txraft_snapshots_installed", "Snapshots installed from the leader",
+                                  value=metrics.snapshots_installed)
+
+        sent = CounterMetricFamily("txraft_replicated_bytes", "Bytes replicated to each peer",
+                                   labels=["peer", "kind"])
+        entries = CounterMetricFamily("txraft_replicated_entries", "Log entries sent to each peer",
+                                      labels=["peer"])
+        transport = metrics.transport
+        for peer in status.members:
+            if peer == status.id:
+                continue
+            sent.add_metric([peer, "entries"], transport.entry_bytes.get(peer, 0) if transport else 0)
+            sent.add_metric([peer, "snapshot"], transport.snapshot_bytes.get(peer, 0) if transport else 0)
+            entries.add_metric([peer], transport.entries.get(peer, 0) if transport else 0)
+        yield sent
+        yield entries
