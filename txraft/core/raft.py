@@ -104,7 +104,8 @@ class RaftCore:
         self._own_durable = 0  # highest own entry known durable in this term
         self._heartbeat = None
         self._round = 0  # heartbeat round, for ReadIndex
-        self._reads = []  # [(round, index, Deferred)]
+        self._reads = []  # [(round, Deferred)] waiting for a quorum to confirm the round
+        self._read_call = None
         self._broadcast_call = None
 
         self._election_call = None
@@ -155,9 +156,11 @@ class RaftCore:
         if self._incoming is not None:
             self._incoming[0].abort()
             self._incoming = None
-        if self._broadcast_call is not None and self._broadcast_call.active():
-            self._broadcast_call.cancel()
-        self._broadcast_call = None
+        for call in (self._broadcast_call, self._read_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._broadcast_call = self._read_call = None
+        self._fail_reads(errors.Stopped(f"member {self.id} stopped"))
 
     def status(self):
         return Status(
@@ -744,12 +747,20 @@ class RaftCore:
         if self.role != LEADER:
             return defer.fail(errors.NotLeader(self.leader))
         d = defer.Deferred()
-        self._round += 1
+        if self._read_call is None:
+            # Reads that arrive in one reactor turn share one heartbeat round.
+            self._round += 1
+            self._read_call = self.clock.callLater(0, self._confirm_leadership)
         self._reads.append((self._round, d))
+        return d
+
+    def _confirm_leadership(self):
+        self._read_call = None
+        if self.role != LEADER:
+            return
         for peer in self.peers:
             self._send_append(peer, heartbeat=True)
         self._check_reads()
-        return d
 
     def _check_reads(self):
         if not self._reads or self.role != LEADER:
