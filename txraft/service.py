@@ -119,6 +119,10 @@ class RaftService(service.MultiService):
         the default (disk in ``config.log_dir``).
     :param transport: an :class:`~txraft.interfaces.ITransport` to use instead
         of AMP.
+    :param api: a callable taking this service and returning the
+        :class:`~twisted.web.resource.IResource` served on ``http``; the
+        default serves :func:`txraft.http.create_api` (the key-value API and
+        ``/metrics``).  Embedding applications pass their own.
     :param exit_on_failure: when the member cannot start, log one line, stop
         the reactor and exit the process with status 1 (what ``twistd raft``
         wants; embedding applications leave it off and watch :attr:`ready`).
@@ -133,7 +137,7 @@ class RaftService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
-                 transport=None, exit_on_failure=False, max_command_size=1024 * 1024):
+                 transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024):
         super().__init__()
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -147,6 +151,7 @@ class RaftService(service.MultiService):
         self.client_acl = tuple(client_acl or ())
         self.exit_on_failure = exit_on_failure
         self.max_command_size = max_command_size
+        self.api = api if api is not None else _key_value_api
         self._storage = storage
         self._transport = transport
         self.raft = None
@@ -228,17 +233,7 @@ class RaftService(service.MultiService):
     # -- the HTTP API -------------------------------------------------------------
 
     async def _listen_http(self):
-        from txraft.http import create_api
-
-        try:
-            from txraft.metrics import MemberMetrics
-        except ImportError:  # metrics are optional
-            self.metrics = None
-        else:
-            self.metrics = MemberMetrics(self.raft)
-        resource = create_api(self.raft, self.app, metrics=self.metrics,
-                              request_timeout=self.config.request_timeout,
-                              max_command_size=self.max_command_size)
+        resource = self.api(self)
         host, port = self.http
         if self.config.insecure:
             self._site = ClientCertificateSite(resource, client_acl=None, reactor=self.reactor)
@@ -256,6 +251,16 @@ class RaftService(service.MultiService):
         if self.config.insecure:
             self.log.warn("HTTP API on {host}:{port} is INSECURE: plain HTTP, clients are not authenticated",
                           host=host, port=self.http_address[1])
+
+
+def _key_value_api(svc):
+    """The default API: the key-value store's HTTP API with the member's metrics."""
+    from txraft.http import create_api
+    from txraft.metrics import MemberMetrics
+
+    svc.metrics = MemberMetrics(svc.raft)
+    return create_api(svc.raft, svc.app, metrics=svc.metrics, request_timeout=svc.config.request_timeout,
+                      max_command_size=svc.max_command_size)
 
 
 def _connection_closed(channel):

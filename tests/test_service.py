@@ -1,0 +1,192 @@
+"""
+RaftService in-process: it starts its member with the service, stops it
+cleanly (the log flushed and closed, so a new service on the same directory
+recovers it), serves HTTPS only to client certificates named in its client
+ACL, and leaves the reactor clean.
+"""
+
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IService, MultiService
+from twisted.internet import defer, reactor, task
+from twisted.web.resource import Resource
+from zope.interface.verify import verifyObject
+
+from txraft import certs
+from txraft.cli import Client, ClientError
+from txraft.config import RaftConfig
+from txraft.errors import StorageError
+from txraft.service import RaftService
+from txraft.testing import RecordingClient
+
+NAMES = ["member1", "member2", "member3"]
+
+
+def free_port(host):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("service-pki"))
+    return certs.write_cluster_certs(directory, NAMES + ["outsider"], client="admin")
+
+
+class Hello(Resource):
+    """A stand-in API: GET / answers b"hello"."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello from " + request.getHost().host.encode()
+
+
+class Services:
+    """Starts services and stops every one of them at the end of the test."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, svc):
+        svc.startService()
+        self.started.append(svc)
+        return svc.ready
+
+    async def stop_all(self):
+        running = [s for s in self.started if s.running]
+        await defer.gatherResults([defer.maybeDeferred(s.stopService) for s in running]).addTimeout(10, reactor)
+
+
+@pytest_twisted.async_yield_fixture
+async def services():
+    made = Services()
+    yield made
+    await made.stop_all()
+    await task.deferLater(reactor, 0.05, lambda: None)
+
+
+async def until(predicate, timeout=10.0, what="condition"):
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+def test_a_raft_service_is_an_iservice(tmp_path):
+    svc = RaftService(RaftConfig(listen="127.0.0.31:7001", insecure=True, log_dir=str(tmp_path)), RecordingClient())
+    assert verifyObject(IService, svc)
+    assert isinstance(svc, MultiService)
+    with pytest.raises(TypeError):
+        RaftService(RaftConfig(insecure=True), RecordingClient(), members="127.0.0.1:7002")
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_and_stop_flush_the_log_so_a_new_service_recovers_it(tmp_path, services):
+    async def body():
+        listen = f"127.0.0.31:{free_port('127.0.0.31')}"
+        config = RaftConfig(listen=listen, insecure=True, log_dir=str(tmp_path / "log"), heartbeat=0.05)
+        svc = RaftService(config, RecordingClient())
+        await services.start(svc)
+        assert svc.running and svc.raft.status().id == listen
+        await until(lambda: svc.raft.status().role == "leader", what="a one-member leader")
+        indexes = [await svc.raft.append(b"entry %d" % i) for i in range(20)]
+        await svc.stopService()
+        assert not svc.running and svc.raft.status().role == "stopped"
+
+        again = RaftService(config, RecordingClient())
+        await services.start(again)
+        await until(lambda: indexes[-1] in again.app.applied, what="the log replayed")
+        assert [again.app.applied[i] for i in indexes] == [b"entry %d" % i for i in range(20)]
+
+    await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_cannot_start_fails_ready_without_exiting(tmp_path, services):
+    async def body():
+        host = "127.0.0.31"
+        logdir = str(tmp_path / "log")
+        first = RaftService(RaftConfig(listen=f"{host}:{free_port(host)}", insecure=True, log_dir=logdir),
+                            RecordingClient())
+        await services.start(first)
+        second = RaftService(RaftConfig(listen=f"{host}:{free_port(host)}", insecure=True, log_dir=logdir),
+                             RecordingClient())
+        with pytest.raises(StorageError, match="in use"):
+            await services.start(second)
+        await second.stopService()
+
+    await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_while_starting_waits_for_the_start(tmp_path, services):
+    async def body():
+        host = "127.0.0.31"
+        svc = RaftService(RaftConfig(listen=f"{host}:{free_port(host)}", insecure=True,
+                                     log_dir=str(tmp_path / "log")), RecordingClient())
+        svc.startService()
+        await svc.stopService()
+        assert svc.raft.status().role == "stopped"
+
+    await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_tls_services_replicate_and_serve_https_to_acl_clients_only(tmp_path, pki, services):
+    async def body():
+        hosts = [f"127.0.0.{31 + i}" for i in range(3)]
+        listens = [f"{h}:{free_port(h)}" for h in hosts]
+        peers = dict(zip(listens, NAMES))
+        made = []
+        for listen, name, host in zip(listens, NAMES, hosts):
+            cert, key = pki[name]
+            config = RaftConfig(listen=listen, heartbeat=0.05, log_dir=str(tmp_path / name), cert=cert, key=key,
+                                ca=pki["ca"][0], acl=tuple(NAMES), peer_names=peers)
+            svc = RaftService(config, RecordingClient(), members=listens, http=(host, 0), client_acl=["admin"],
+                              api=lambda s: Hello())
+            made.append(svc)
+        await defer.gatherResults([services.start(s) for s in made])
+        await until(lambda: sum(s.raft.status().role == "leader" for s in made) == 1, what="a leader")
+        index = await made[0].raft.append(b"through member1")
+        await until(lambda: all(index in s.app.applied for s in made), what="replicated")
+
+        ca = pki["ca"][0]
+        for svc in made:
+            host, port = svc.http_address
+            good = Client(f"https://{host}:{port}", *pki["admin"], ca, timeout=5)
+            reply = await good._request("GET", f"https://{host}:{port}/")
+            assert reply == (200, b"hello from " + host.encode())
+        host, port = made[0].http_address
+        outsider = Client(f"https://{host}:{port}", *pki["outsider"], ca, timeout=5)
+        with pytest.raises(ClientError, match="closed the connection"):
+            await outsider._request("GET", f"https://{host}:{port}/")
+        plain = Client(f"http://{host}:{port}", insecure=True, timeout=5)
+        with pytest.raises(ClientError):
+            await plain._request("GET", f"http://{host}:{port}/")
+
+    await defer.ensureDeferred(body()).addTimeout(60, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_api_is_the_key_value_store(tmp_path, services):
+    pytest.importorskip("txraft.http")
+    from txraft.kv import KeyValueStore
+
+    async def body():
+        host = "127.0.0.31"
+        svc = RaftService(RaftConfig(listen=f"{host}:{free_port(host)}", insecure=True, heartbeat=0.05,
+                                     log_dir=str(tmp_path / "log")), KeyValueStore(), http=(host, 0))
+        await services.start(svc)
+        client = Client("http://%s:%d" % svc.http_address, insecure=True, timeout=5)
+        await until(lambda: svc.raft.status().role == "leader", what="a leader")
+        await client.put("colour", "blue")
+        assert await client.get("colour") == b"blue"
+        status = await client.status()
+        assert status["id"] == svc.raft.id and status["role"] == "leader"
+
+    await defer.ensureDeferred(body()).addTimeout(30, reactor)

@@ -1,0 +1,399 @@
+"""
+The ``txraft`` command line.
+
+::
+
+    txraft certs --out certs --names member1,member2,member3 --client admin
+    txraft --server https://10.0.0.1:8001 --cert certs/admin.pem --key certs/admin.key --ca certs/ca.pem \\
+        put colour blue
+    txraft get colour                  # linearizable; --stale reads the member's own state
+    txraft cas colour red --expect blue
+    txraft delete colour
+    txraft status
+    txraft demo                        # a 3-member cluster of real processes, start to finish
+
+The connection options may also come from the environment: ``TXRAFT_SERVER``,
+``TXRAFT_CERT``, ``TXRAFT_KEY``, ``TXRAFT_CA``.  Every command prints a
+readable result (``--json``: the server's JSON), and on failure one line on
+standard error and a non-zero exit status: 1 for an error, 2 for bad usage,
+3 when a key is absent or a compare-and-set finds another value.
+
+:class:`Client` is the small HTTP(S) client the commands, ``txraft demo`` and
+the tests share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from urllib.parse import quote
+
+from twisted.internet import defer, task
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+__all__ = ["main", "Client", "ClientError", "NOT_FOUND_OR_CONFLICT"]
+
+#: Exit status when a key is absent (get) or a compare-and-set conflicts.
+NOT_FOUND_OR_CONFLICT = 3
+
+
+class ClientError(Exception):
+    """
+    A request failed.
+
+    :ivar status: the HTTP status, or ``None`` when no response arrived.
+    :ivar body: the parsed JSON body of an error response, or ``None``.
+    """
+
+    def __init__(self, message, status=None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+@implementer(IPolicyForHTTPS)
+class _ClusterCAPolicy:
+    """
+    TLS for every server: present the client certificate, verify the server's
+    against the cluster CA.  Server certificates carry member names, not
+    addresses, so (as between members) the name is not matched to the URL's
+    host; any certificate of the cluster CA is trusted.
+    """
+
+    def __init__(self, options):
+        self._options = options
+
+    def creatorForNetloc(self, hostname, port):
+        return self._options
+
+
+class Client:
+    """
+    A client of one member's HTTP API (``docs/http-api.md``).
+
+    :param server: base URL, ``https://host:port`` (or ``http://`` when
+        ``insecure``).
+    :param cert: path of the client certificate (PEM); with ``key`` and ``ca``.
+    :param key: path of its private key.
+    :param ca: path of the cluster CA certificate.
+    :param insecure: allow a plain ``http://`` URL without certificates.
+    :param timeout: seconds a request may take.
+    :param reactor: the reactor; the global one when ``None``.
+    :raises ValueError: for a URL whose scheme does not fit the options.
+    """
+
+    def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None):
+        import treq.client
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        if reactor is None:
+            from twisted.internet import reactor
+        server = server.rstrip("/")
+        if "://" not in server:
+            server = ("http://" if insecure else "https://") + server
+        scheme = server.split("://", 1)[0]
+        if scheme not in ("http", "https"):
+            raise ValueError(f"--server must be an http:// or https:// URL, got {server!r}")
+        if scheme == "http" and not insecure:
+            raise ValueError(f"{server} is plain HTTP: use https:// with --cert/--key/--ca, or pass --insecure")
+        self.server = server
+        self.timeout = timeout
+        self.reactor = reactor
+        policy = None
+        if scheme == "https":
+            missing = [name for name, value in (("cert", cert), ("key", key), ("ca", ca)) if not value]
+            if missing:
+                raise ValueError("HTTPS needs a client certificate: give " + ", ".join("--" + m for m in missing)
+                                 + " (or TXRAFT_CERT, TXRAFT_KEY, TXRAFT_CA)")
+            from txraft.transport.tls import TLSCredentials
+
+            policy = _ClusterCAPolicy(TLSCredentials.load(cert, key, ca).options())
+        # No persistent connections: nothing stays open after a request.
+        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, contextFactory=policy, pool=self._pool, connectTimeout=timeout) \
+            if policy is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        self._http = treq.client.HTTPClient(agent)
+
+    def _url(self, key=None):
+        if key is None:
+            return self.server
+        return f"{self.server}/v1/kv/{quote(key, safe='')}"
+
+    async def _request(self, method, url, data=None, params=None):
+        try:
+            response = await self._http.request(method, url, data=data, params=params, timeout=self.timeout)
+            body = await response.content()
+        except defer.CancelledError:
+            raise ClientError(f"{method} {url}: no answer within {self.timeout:g} s") from None
+        except Exception as e:
+            raise ClientError(f"{method} {url}: {_describe(e)}") from None
+        return response.code, body
+
+    @staticmethod
+    def _json(code, body, url):
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ClientError(f"{url}: HTTP {code} with a body that is not JSON: {body[:80]!r}", code) from None
+
+    def _failure(self, method, url, code, body):
+        try:
+            parsed = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            parsed = None
+        detail = parsed.get("error") if isinstance(parsed, dict) and parsed.get("error") else body[:200].decode(
+            "utf-8", "replace").strip()
+        return ClientError(f"{method} {url}: HTTP {code}: {detail}", code, parsed)
+
+    async def status(self):
+        """:returns: the member's ``/v1/status`` as a dict."""
+        url = self._url() + "/v1/status"
+        code, body = await self._request("GET", url)
+        if code != 200:
+            raise self._failure("GET", url, code, body)
+        return self._json(code, body, url)
+
+    async def put(self, key, value):
+        """Store ``value`` (bytes or str) under ``key``; :returns: the JSON reply, ``{"index": N}``."""
+        url = self._url(key)
+        code, body = await self._request("PUT", url, data=_bytes(value))
+        if code != 200:
+            raise self._failure("PUT", url, code, body)
+        return self._json(code, body, url)
+
+    async def get(self, key, stale=False):
+        """:returns: the value (bytes), or ``None`` when the key is absent."""
+        url = self._url(key)
+        code, body = await self._request("GET", url, params={"stale": "true"} if stale else None)
+        if code == 404:
+            return None
+        if code != 200:
+            raise self._failure("GET", url, code, body)
+        return body
+
+    async def delete(self, key):
+        """:returns: the JSON reply, ``{"index": N}``."""
+        url = self._url(key)
+        code, body = await self._request("DELETE", url)
+        if code != 200:
+            raise self._failure("DELETE", url, code, body)
+        return self._json(code, body, url)
+
+    async def cas(self, key, expect, value):
+        """
+        Set ``key`` to ``value`` if its value is ``expect`` (``None``: absent).
+
+        :returns: the JSON reply: ``{"ok": true, "index": N}`` or, on a
+            conflict, ``{"ok": false, "current": ...}``.
+        """
+        url = self._url(key) + "?cas"
+        payload = json.dumps({"expect": _text(expect), "value": _text(value)}).encode()
+        code, body = await self._request("POST", url, data=payload)
+        if code in (200, 409):
+            reply = self._json(code, body, url)
+            if isinstance(reply, dict):
+                reply.setdefault("ok", code == 200)
+                return reply
+        raise self._failure("POST", url, code, body)
+
+
+def _bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def _describe(error):
+    """One line for a connection-level failure."""
+    from twisted.web._newclient import ResponseNeverReceived, RequestTransmissionFailed
+
+    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed)):
+        reasons = [r.getErrorMessage() for r in error.reasons]
+        text = "; ".join(r for r in reasons if r) or "connection closed"
+        return (f"the server closed the connection ({text}); "
+                "is the client certificate's name in the server's --client-acl?")
+    message = str(error) or type(error).__name__
+    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
+
+
+# -- the commands -----------------------------------------------------------------
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="txraft", description="Talk to a txraft cluster, make its certificates, or run a demo cluster.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    certs = sub.add_parser("certs", help="write a cluster CA and member/client certificates")
+    certs.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created if missing)")
+    certs.add_argument("--names", required=True, metavar="N1,N2,...", help="member certificate names")
+    certs.add_argument("--client", metavar="NAME", help="also write a client certificate with this name")
+    certs.add_argument("--json", action="store_true", help="print the paths as JSON")
+
+    def connection(p):
+        p.add_argument("--server", default=os.environ.get("TXRAFT_SERVER", "https://127.0.0.1:8001"),
+                       help="URL of any member's HTTP API (env TXRAFT_SERVER; default %(default)s)")
+        p.add_argument("--cert", default=os.environ.get("TXRAFT_CERT"), help="client certificate (PEM)")
+        p.add_argument("--key", default=os.environ.get("TXRAFT_KEY"), help="client private key (PEM)")
+        p.add_argument("--ca", default=os.environ.get("TXRAFT_CA"), help="cluster CA certificate (PEM)")
+        p.add_argument("--insecure", action="store_true", help="allow a plain http:// server")
+        p.add_argument("--timeout", type=float, default=15.0, help="seconds per request (default %(default)s)")
+        p.add_argument("--json", action="store_true", help="print the server's JSON answer")
+
+    put = sub.add_parser("put", help="store a value")
+    put.add_argument("key")
+    put.add_argument("value", help="the value; '-' reads it from standard input")
+    connection(put)
+
+    get = sub.add_parser("get", help="read a value (linearizable unless --stale)")
+    get.add_argument("key")
+    get.add_argument("--stale", action="store_true", help="read the member's own state, without the leader")
+    connection(get)
+
+    delete = sub.add_parser("delete", help="delete a key")
+    delete.add_argument("key")
+    connection(delete)
+
+    cas = sub.add_parser("cas", help="compare-and-set: store VALUE only if KEY holds --expect")
+    cas.add_argument("key")
+    cas.add_argument("value")
+    cas.add_argument("--expect", help="the value KEY must hold now (omit: KEY must be absent)")
+    connection(cas)
+
+    status = sub.add_parser("status", help="show a member's view of the cluster")
+    connection(status)
+
+    demo = sub.add_parser("demo", help="run a 3-member cluster of twistd processes and show failover")
+    demo.add_argument("--timeout", type=float, default=180.0, help="overall limit in seconds (default %(default)s)")
+    demo.add_argument("--json", action="store_true", help="also print the report as JSON")
+    return parser
+
+
+class _Failed(Exception):
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _run_certs(args):
+    from txraft.certs import write_cluster_certs
+
+    names = [n.strip() for n in args.names.split(",") if n.strip()]
+    existing = set(os.listdir(args.out)) if os.path.isdir(args.out) else set()
+    try:
+        paths = write_cluster_certs(args.out, names, client=args.client)
+    except (ValueError, TypeError) as e:
+        raise _Failed(str(e), 2)
+    if args.json:
+        _print_json({name: {"cert": pair[0], "key": pair[1]} for name, pair in paths.items()})
+        return
+    for name, (pem, key) in paths.items():
+        kept = os.path.basename(pem) in existing
+        print(f"{name:<12} {pem}  {key}{'  (kept)' if kept else ''}")
+
+
+async def _run_client(args, reactor):
+    try:
+        client = Client(args.server, args.cert, args.key, args.ca, insecure=args.insecure, timeout=args.timeout,
+                        reactor=reactor)
+    except ValueError as e:
+        raise _Failed(str(e), 2)
+    try:
+        if args.command == "status":
+            reply = await client.status()
+            if args.json:
+                _print_json(reply)
+            else:
+                print(_format_status(reply))
+        elif args.command == "put":
+            value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
+            reply = await client.put(args.key, value)
+            _print_json(reply) if args.json else print(f"stored {args.key!r} at index {reply.get('index')}")
+        elif args.command == "get":
+            value = await client.get(args.key, stale=args.stale)
+            if value is None:
+                raise _Failed(f"{args.key!r} not found", NOT_FOUND_OR_CONFLICT)
+            if args.json:
+                _print_json({"key": args.key, "value": value.decode("utf-8", "replace")})
+            else:
+                sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
+                sys.stdout.flush()
+        elif args.command == "delete":
+            reply = await client.delete(args.key)
+            _print_json(reply) if args.json else print(f"deleted {args.key!r} at index {reply.get('index')}")
+        elif args.command == "cas":
+            reply = await client.cas(args.key, args.expect, args.value)
+            if args.json:
+                _print_json(reply)
+            if not reply.get("ok"):
+                current = reply.get("current")
+                now = "absent" if current is None else repr(current)
+                raise _Failed(f"compare-and-set refused: {args.key!r} is {now}", NOT_FOUND_OR_CONFLICT)
+            if not args.json:
+                print(f"swapped {args.key!r} at index {reply.get('index')}")
+    except ClientError as e:
+        raise _Failed(str(e))
+
+
+def _format_status(s):
+    lines = [
+        f"member   {s.get('id')}  ({s.get('role')})",
+        f"leader   {s.get('leader') or '(unknown)'}",
+        f"term     {s.get('term')}",
+        f"indexes  commit {s.get('commit_index')}, applied {s.get('applied_index')}, last {s.get('last_index')}",
+        f"members  {', '.join(s.get('members') or [])}",
+    ]
+    return "\n".join(lines)
+
+
+async def _main(reactor, argv):
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        raise SystemExit(e.code)
+    try:
+        if args.command == "certs":
+            _run_certs(args)
+        elif args.command == "demo":
+            from txraft.demo import run_demo
+
+            ok = await run_demo(reactor, timeout=args.timeout, as_json=args.json)
+            if not ok:
+                raise SystemExit(1)
+        else:
+            await _run_client(args, reactor)
+    except _Failed as e:
+        sys.stderr.write(f"txraft {args.command}: {e}\n")
+        raise SystemExit(e.code)
+    except SystemExit:
+        raise
+    except Exception as e:
+        from txraft.errors import ConfigurationError
+
+        if isinstance(e, ConfigurationError):
+            sys.stderr.write(f"txraft {args.command}: {e}\n")
+            raise SystemExit(2)
+        raise
+
+
+def main(argv=None):
+    """Entry point of the ``txraft`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task.react(lambda reactor: defer.ensureDeferred(_main(reactor, argv)))
+
+
+if __name__ == "__main__":
+    main()
