@@ -268,7 +268,14 @@ class KeyValueClient:
         self.metrics = metrics
         self.timeout = timeout
 
-    def _append(self, command, timeout):
+    def append(self, command, timeout=None):
+        """
+        Replicate an already encoded command (from :func:`encode_put`,
+        :func:`encode_delete` or :func:`encode_cas`).
+
+        :returns: a Deferred firing with the :class:`WriteResult`, or failing
+            as :meth:`txraft.member.Raft.append` does.
+        """
         timeout = self.timeout if timeout is None else timeout
         if self.metrics is not None:
             return self.metrics.timed_append(command, timeout)
@@ -283,11 +290,11 @@ class KeyValueClient:
             :meth:`txraft.member.Raft.append` does.
         :raises TypeError, InvalidKey: at once, for bad arguments.
         """
-        return self._append(encode_put(key, value), timeout)
+        return self.append(encode_put(key, value), timeout)
 
     def delete(self, key, timeout=None):
         """Remove ``key``.  :returns: a Deferred firing with a :class:`WriteResult`."""
-        return self._append(encode_delete(key), timeout)
+        return self.append(encode_delete(key), timeout)
 
     def cas(self, key, expect, value, timeout=None):
         """
@@ -296,7 +303,7 @@ class KeyValueClient:
         :returns: a Deferred firing with a :class:`WriteResult` whose ``ok``
             says whether it swapped and ``current`` is the value now held.
         """
-        return self._append(encode_cas(key, expect, value), timeout)
+        return self.append(encode_cas(key, expect, value), timeout)
 
     def get(self, key, stale=False, timeout=None):
         """
