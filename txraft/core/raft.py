@@ -107,6 +107,7 @@ class RaftCore:
         self._reads = []  # [(round, Deferred)] waiting for a quorum to confirm the round
         self._read_call = None
         self._broadcast_call = None
+        self._commit_news = False  # the next broadcast must carry a new commit index
 
         self._election_call = None
         self._leader_contact = None  # clock time a valid leader was last heard from
@@ -525,16 +526,25 @@ class RaftCore:
             self._own_durable = index
             self._maybe_commit()
 
-    def _schedule_broadcast(self):
-        # Everything proposed in one reactor turn goes out in one batch.
+    def _schedule_broadcast(self, commit=False):
+        """
+        Send what followers lack at the end of this reactor turn, so that
+        everything proposed in one turn travels in one batch.  With
+        ``commit``, followers that have nothing to receive still get an empty
+        request carrying the new commit index.
+        """
+        self._commit_news = self._commit_news or commit
         if self._broadcast_call is None or not self._broadcast_call.active():
             self._broadcast_call = self.clock.callLater(0, self._broadcast)
 
     def _broadcast(self):
         self._broadcast_call = None
-        if self.role == LEADER:
-            for peer in self.peers:
-                self._replicate(peer)
+        commit, self._commit_news = self._commit_news, False
+        if self.role != LEADER:
+            return
+        for peer in self.peers:
+            if not self._replicate(peer) and commit:
+                self._send_append(peer, heartbeat=True)
 
     def _on_heartbeat(self):
         if self.role != LEADER:
@@ -663,22 +673,8 @@ class RaftCore:
         # (Raft paper section 5.4.2, Figure 8); earlier ones follow them.
         if candidate > self.commit_index and self.storage.term_at(candidate) == self.term:
             self._advance_commit(candidate)
-            self._schedule_broadcast_commit()
+            self._schedule_broadcast(commit=True)
             self._check_reads()
-
-    def _schedule_broadcast_commit(self):
-        # Followers learn the new commit index from the next request; send an
-        # empty one soon if nothing else goes out.
-        if self._broadcast_call is None or not self._broadcast_call.active():
-            self._broadcast_call = self.clock.callLater(0, self._broadcast_commit)
-
-    def _broadcast_commit(self):
-        self._broadcast_call = None
-        if self.role != LEADER:
-            return
-        for peer in self.peers:
-            if not self._replicate(peer):
-                self._send_append(peer, heartbeat=True)
 
     # -- leader: snapshots ---------------------------------------------------
 
