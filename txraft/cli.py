@@ -249,21 +249,21 @@ def _parser():
         p.add_argument("--json", action="store_true", help="print the server's JSON answer")
 
     put = sub.add_parser("put", help="store a value")
-    put.add_argument("key")
+    put.add_argument("name", metavar="KEY")
     put.add_argument("value", help="the value; '-' reads it from standard input")
     connection(put)
 
     get = sub.add_parser("get", help="read a value (linearizable unless --stale)")
-    get.add_argument("key")
+    get.add_argument("name", metavar="KEY")
     get.add_argument("--stale", action="store_true", help="read the member's own state, without the leader")
     connection(get)
 
     delete = sub.add_parser("delete", help="delete a key")
-    delete.add_argument("key")
+    delete.add_argument("name", metavar="KEY")
     connection(delete)
 
     cas = sub.add_parser("cas", help="compare-and-set: store VALUE only if KEY holds --expect")
-    cas.add_argument("key")
+    cas.add_argument("name", metavar="KEY")
     cas.add_argument("value")
     cas.add_argument("--expect", help="the value KEY must hold now (omit: KEY must be absent)")
     connection(cas)
@@ -319,30 +319,30 @@ async def _run_client(args, reactor):
                 print(_format_status(reply))
         elif args.command == "put":
             value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode("utf-8")
-            reply = await client.put(args.key, value)
-            _print_json(reply) if args.json else print(f"stored {args.key!r} at index {reply.get('index')}")
+            reply = await client.put(args.name, value)
+            _print_json(reply) if args.json else print(f"stored {args.name!r} at index {reply.get('index')}")
         elif args.command == "get":
-            value = await client.get(args.key, stale=args.stale)
+            value = await client.get(args.name, stale=args.stale)
             if value is None:
-                raise _Failed(f"{args.key!r} not found", NOT_FOUND_OR_CONFLICT)
+                raise _Failed(f"{args.name!r} not found", NOT_FOUND_OR_CONFLICT)
             if args.json:
-                _print_json({"key": args.key, "value": value.decode("utf-8", "replace")})
+                _print_json({"key": args.name, "value": value.decode("utf-8", "replace")})
             else:
                 sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
                 sys.stdout.flush()
         elif args.command == "delete":
-            reply = await client.delete(args.key)
-            _print_json(reply) if args.json else print(f"deleted {args.key!r} at index {reply.get('index')}")
+            reply = await client.delete(args.name)
+            _print_json(reply) if args.json else print(f"deleted {args.name!r} at index {reply.get('index')}")
         elif args.command == "cas":
-            reply = await client.cas(args.key, args.expect, args.value)
+            reply = await client.cas(args.name, args.expect, args.value)
             if args.json:
                 _print_json(reply)
             if not reply.get("ok"):
                 current = reply.get("current")
                 now = "absent" if current is None else repr(current)
-                raise _Failed(f"compare-and-set refused: {args.key!r} is {now}", NOT_FOUND_OR_CONFLICT)
+                raise _Failed(f"compare-and-set refused: {args.name!r} is {now}", NOT_FOUND_OR_CONFLICT)
             if not args.json:
-                print(f"swapped {args.key!r} at index {reply.get('index')}")
+                print(f"swapped {args.name!r} at index {reply.get('index')}")
     except ClientError as e:
         raise _Failed(str(e))
 
