@@ -150,6 +150,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.expected_peer_name = expected_peer_name
         self.link = link
         self.admitted = False
+        self.heard = False  # any box received from the peer
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
         self._fragments = _Reassembly(member.max_message_bytes, 2 * member.max_message_bytes)
@@ -200,6 +201,16 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
                 peer=self.peer_address,
                 reason=reason.getErrorMessage(),
             )
+        elif self.side == "client" and not self.heard and not self.member._stopping:
+            # Under TLS 1.3 a server that refuses our certificate or its name
+            # aborts the connection after our side of the handshake is done:
+            # all we see is the connection closing before any answer.
+            self.log.warn(
+                "client: connection to {peer} closed before any answer; it may refuse this member's "
+                "certificate (see its log): {reason}",
+                peer=self.peer_address,
+                reason=reason.getErrorMessage(),
+            )
         if self.link is not None:
             self.link.lost(self, reason)
             self.link.wake()
@@ -207,6 +218,10 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.closed.callback(None)
 
     # -- receiving -----------------------------------------------------------
+
+    def ampBoxReceived(self, box):
+        self.heard = True
+        return amp.AMP.ampBoxReceived(self, box)
 
     def locateResponder(self, name):
         responder = amp.AMP.locateResponder(self, name)
