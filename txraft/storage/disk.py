@@ -88,6 +88,9 @@ _TEMPORARY = re.compile(r"^\d{20}\.\d{20}\.(log|snap)\..*\.tmp$")
 # The codec's tag of an Entry record (part of the on-disk format).
 _ENTRY_TAG = codec.to_wire(Entry(0, 0))[0]
 
+# Bytes read from a log file with one pread when a range of entries is read.
+_READ_SPAN = 1 << 20
+
 # Bound on the cache of recently read or written entries.
 _CACHE_BYTES = 8 * 1024 * 1024
 _CACHE_ENTRIES = 4096
@@ -976,35 +979,85 @@ class DiskStorage:
         high = min(high, self.last_index + 1)
         result = []
         total = 0
+        fetched = {}
         for index in range(low, high):
-            entry = self._entry(index)
+            entry = self._held(index)
+            if entry is None:
+                entry = fetched.get(index)
+                if entry is None:
+                    # Read the run of entries from here with one pread (not cached,
+                    # so a follower catching up does not evict the recent tail).
+                    budget = _READ_SPAN if max_bytes is None else min(_READ_SPAN, max(0, max_bytes - total))
+                    fetched = self._read_run(index, high, budget)
+                    entry = fetched[index]
             total += entry.size()
             if max_bytes is not None and result and total > max_bytes:
                 break
             result.append(entry)
         return result
 
-    def _entry(self, index):
+    def _held(self, index):
+        """:returns: entry ``index`` if it is in memory, else ``None``."""
         held = self._unwritten.get(index)
         if held is not None:
             return held[1]
         entry = self._cache.get(index)
         if entry is not None:
             self._cache.move_to_end(index)
-            return entry
-        segment, offset, length = self._index.locate(index)
-        record = os.pread(segment.rfd, length, offset)
-        payload = record[_RECORD.size :]
-        if len(record) != length or not _record_ok(record[:4], _RECORD.unpack_from(record)[1], payload):
-            raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} no longer reads back intact")
-        try:
-            entry = codec.decode(payload)
-        except ValueError as e:
-            raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} does not decode: {e}")
-        if not isinstance(entry, Entry) or entry.index != index:
-            raise CorruptLog(f"{segment.path}: offset {offset}: record is not entry {index}")
-        self._remember(entry)
         return entry
+
+    def _entry(self, index):
+        entry = self._held(index)
+        if entry is None:
+            entry = self._read_run(index, index + 1, 0)[index]
+            self._remember(entry)
+        return entry
+
+    def _read_run(self, low, high, budget):
+        """
+        Read entries ``low`` (which is not in memory) and following ones not in
+        memory, from one file, with one ``pread`` of about ``budget`` bytes.
+
+        :returns: a dict from index to entry.
+        :raises CorruptLog: when a record no longer reads back intact.
+        """
+        log = self._index
+        segment, start, length = log.locate(low)
+        # The run stays in one file: it ends before the next segment begins.
+        k = bisect.bisect_right(log.segment_starts, low)
+        if k < len(log.segment_starts):
+            high = min(high, log.segment_starts[k])
+        first, offsets, lengths = log.first_index, log.offsets, log.lengths
+        unwritten, cache = self._unwritten, self._cache
+        end = start + length
+        last = low
+        while last + 1 < high and end - start < budget:
+            index = last + 1
+            if index in unwritten or index in cache:
+                break
+            offset = offsets[index - first]
+            # Records of later entries lie further on in the file; stop at a
+            # gap too wide to read through (dead records of a truncation).
+            if offset < end or offset - end > _READ_SPAN // 4:
+                break
+            end = offset + lengths[index - first]
+            last = index
+        data = os.pread(segment.rfd, end - start, start)
+        fetched = {}
+        for index in range(low, last + 1):
+            offset, length = offsets[index - first], lengths[index - first]
+            record = data[offset - start : offset - start + length]
+            payload = record[_RECORD.size :]
+            if len(record) != length or not _record_ok(record[:4], _RECORD.unpack_from(record)[1], payload):
+                raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} no longer reads back intact")
+            try:
+                entry = codec.decode(payload)
+            except ValueError as e:
+                raise CorruptLog(f"{segment.path}: offset {offset}: entry {index} does not decode: {e}")
+            if not isinstance(entry, Entry) or entry.index != index:
+                raise CorruptLog(f"{segment.path}: offset {offset}: record is not entry {index}")
+            fetched[index] = entry
+        return fetched
 
     def _remember(self, entry):
         if entry.index in self._cache:
