@@ -120,3 +120,22 @@ async def test_a_cut_mid_transfer_fails_the_call_and_a_retry_works(members, monk
     reply = await eventually(lambda: client.send(server.address, request))
     assert reply.next_offset == len(data)
     assert handler.received[1].data == data
+
+
+def test_reassembly_is_bounded_per_value_and_per_connection():
+    fragments = transport_amp._Reassembly(max_message=10, max_pending=15)
+    fragments.add(1, b"12345")
+    fragments.add(2, b"12345")
+    with pytest.raises(e.InvalidRequest):
+        fragments.add(1, b"123456")  # value 1 would pass 10 bytes: dropped
+    assert fragments.total == 5
+    fragments.add(3, b"1234")
+    with pytest.raises(e.InvalidRequest):
+        fragments.add(4, b"1234567")  # 16 bytes pending on the connection: value 4 dropped
+    assert fragments.total == 9
+    assert fragments.take(3) == b"1234"
+    assert fragments.total == 5
+    fragments.discard(2)
+    assert fragments.total == 0
+    with pytest.raises(e.TransportError):
+        fragments.take(1)

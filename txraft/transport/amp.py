@@ -317,7 +317,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def _response(self, reply, command):
         if not isinstance(reply, command.reply_type):
             raise TypeError(f"the handler answered {command.__name__} with {type(reply).__name__}")
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in dataclasses.fields(reply) for v in [getattr(reply, f.name)]}
+        response = {}
+        for f in dataclasses.fields(reply):
+            value = getattr(reply, f.name)
+            response[f.name] = list(value) if isinstance(value, tuple) else value  # AMP's ListOf wants a list
+        return response
 
     def _error_response(self, failure, command):
         if failure.check(e.NotLeader):
