@@ -40,12 +40,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @defer.inlineCallbacks
-def wait_for(predicate, timeout=30.0, what="condition"):
-    """Check ``predicate`` once per reactor tick until it holds; fail after ``timeout`` seconds."""
+def wait_for(predicate, timeout=30.0, what="condition", members=()):
+    """
+    Check ``predicate`` once per reactor tick until it holds; fail after
+    ``timeout`` seconds, showing the status of ``members``.
+    """
     deadline = reactor.seconds() + timeout
     while not predicate():
         if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            statuses = "".join(f"\n  {m.status()}" for m in members)
+            raise AssertionError(f"timed out waiting for {what}{statuses}")
         yield task.deferLater(reactor, 0.01, lambda: None)
 
 
@@ -105,7 +109,7 @@ class TestSnapshot:
         yield member.start()
         for command in (b"string1", b"string2", b"string3"):
             yield member.append(command)
-        yield wait_for(lambda: snapshot_pairs(log_dir), what="a snapshot and its log")
+        yield wait_for(lambda: snapshot_pairs(log_dir), what="a snapshot and its log", members=[member])
         yield member.stop()
         # Only the newest snapshot and the generation before it remain.
         assert 1 <= len([n for n in os.listdir(log_dir) if n.endswith(".snap")]) <= 2
@@ -113,7 +117,9 @@ class TestSnapshot:
         again, restored = cluster.member(member_id, threshold=1)
         yield again.start()
         assert restored.restores == 1
-        yield wait_for(lambda: restored.applied == client.applied, what="the restarted member to catch up")
+        yield wait_for(
+            lambda: restored.applied == client.applied, what="the restarted member to catch up", members=[again]
+        )
         assert sorted(restored.applied.values()) == [b"string1", b"string2", b"string3"]
         # It keeps working after the restart.
         yield again.append(b"string4")
@@ -138,7 +144,7 @@ class TestRemoteSnapshot:
         def agree(clients):
             return all(c.applied == clients[0].applied for c in clients) and len(clients[0].applied) == 100
 
-        yield wait_for(lambda: agree(clients), what="applied agreement")
+        yield wait_for(lambda: agree(clients), what="applied agreement", members=members)
         assert all(snapshot_pairs(cluster.log_dir(i)) for i in ids)
 
         yield members[0].stop()
@@ -152,7 +158,7 @@ class TestRemoteSnapshot:
         # A new term resets the leader's view, as a restart of the seed's
         # cluster does; then the snapshot is the only way to catch up.
         members[1].start_election()
-        yield wait_for(lambda: agree(clients), what="the wiped member to catch up")
+        yield wait_for(lambda: agree(clients), what="the wiped member to catch up", members=[fresh] + members[1:])
         assert fresh_client.restores >= 1
         assert snapshot_pairs(cluster.log_dir(ids[0]))
 
