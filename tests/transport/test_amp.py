@@ -4,7 +4,7 @@ reconnection, cancellation and protocol violations.
 """
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
 from txraft import errors as e
@@ -12,7 +12,7 @@ from txraft import messages as m
 from txraft.interfaces import ITransport
 from txraft.transport.amp import AMPTransport
 
-from .conftest import Recorder, bounded, eventually
+from .conftest import Recorder, bounded
 
 REQUESTS = [
     m.RequestVote(term=5, candidate="127.0.0.12:7002", last_log_index=10, last_log_term=4, disrupt=True),

@@ -3,7 +3,6 @@
 import os
 
 import pytest
-from twisted.internet import defer
 
 from txraft import errors as e
 from txraft import messages as m

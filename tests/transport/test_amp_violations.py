@@ -10,7 +10,7 @@ from txraft import messages as m
 from txraft.config import parse_host_port
 from txraft.transport.tls import TLSCredentials
 
-from .conftest import Recorder, bounded, eventually
+from .conftest import Recorder, bounded
 
 
 class Raw(Protocol):
