@@ -82,7 +82,7 @@ class HTTPCluster:
 
     async def start(self):
         for member_id in IDS:
-            config = RaftConfig(listen=member_id, heartbeat=0.05, rpc_timeout=0.25,
+            config = RaftConfig(listen=member_id, heartbeat=0.05, election_timeout=0.3, rpc_timeout=0.25,
                                 request_timeout=self.request_timeout)
             store = KeyValueStore()
             raft = Raft(config, store, reactor=reactor, transport=self.network.transport(member_id),
