@@ -118,3 +118,25 @@ def test_sending_a_non_request_is_a_type_error(pki):
     transport = AMPTransport("127.0.0.11:0", acl=["member1"], reactor=reactor, **pki.files("member1"))
     with pytest.raises(TypeError):
         transport.send("127.0.0.12:1", m.RequestVoteReply(1, True))
+
+
+def test_from_config_takes_the_members_settings(pki):
+    from txraft.config import RaftConfig
+
+    config = RaftConfig(listen="127.0.0.11:0", acl=("member2",), peer_names={"127.0.0.12:7002": "member2"},
+                        rpc_timeout=1.5, **pki.files("member1"))
+    transport = AMPTransport.from_config(config, reactor)
+    assert transport.address == "127.0.0.11:0"
+    assert transport.connect_timeout == 1.5
+    assert transport._policy.acl == {"member2"}
+    assert transport.peer_names == {"127.0.0.12:7002": "member2"}
+    insecure = AMPTransport.from_config(RaftConfig(listen="127.0.0.11:0", insecure=True), reactor)
+    assert insecure.insecure
+
+
+def test_tls_without_certificates_is_a_configuration_error():
+    from txraft.config import RaftConfig
+    from txraft.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="cert"):
+        AMPTransport.from_config(RaftConfig(listen="127.0.0.11:0"), reactor)

@@ -565,8 +565,10 @@ class AMPTransport:
         """
         :returns: the transport a member configured by ``config`` (a
             :class:`txraft.config.RaftConfig`) uses; ``kwargs`` override the
-            constructor's tuning parameters.
+            constructor's tuning parameters.  A connection attempt may take
+            ``config.rpc_timeout``, like any RPC.
         """
+        kwargs.setdefault("connect_timeout", config.rpc_timeout)
         return cls(
             config.listen,
             cert=config.cert,
