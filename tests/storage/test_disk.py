@@ -144,6 +144,8 @@ class TestInterfaces:
             DiskStorage(log_dir, fsync="sometimes")
         with pytest.raises(ConfigurationError, match="retain"):
             DiskStorage(log_dir, retain=-1)
+        with pytest.raises(TypeError, match="Clock"):
+            DiskStorage(log_dir, reactor=task.Clock())
         assert not os.path.exists(log_dir)
 
 

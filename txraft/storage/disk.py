@@ -789,7 +789,9 @@ class DiskStorage:
         storage) or ``"never"`` (writes reach the operating system in order but
         a power failure can lose acknowledged entries and votes; for tests and
         benchmarks only).
-    :param reactor: the reactor Deferreds fire on (the global one by default).
+    :param reactor: the reactor Deferreds fire on (the global one by
+        default); it must run threads' results (``IReactorThreads``), so a
+        ``task.Clock`` will not do.
     :param retain: entries before a snapshot's index to keep in the new log, so
         that a slightly lagging follower can be updated without sending the
         snapshot.  With ``retain > 0``, ``first_index - 1`` may lie below the
@@ -812,6 +814,9 @@ class DiskStorage:
             raise ConfigurationError(f"retain must be a non-negative integer, got {retain!r}")
         if reactor is None:
             from twisted.internet import reactor
+        if not hasattr(reactor, "callFromThread"):
+            # A task.Clock cannot receive results from the worker thread.
+            raise TypeError(f"reactor must provide IReactorThreads (a real reactor), not {type(reactor).__name__}")
         self.log_dir = os.fspath(log_dir)
         self.fsync = fsync
         self.retain = retain
