@@ -427,3 +427,25 @@ async def test_without_a_key_value_store_kv_is_404_but_status_and_metrics_work(c
     assert response.code == 200 and as_json(body)["id"] == member
     response, body = await cluster.request("GET", url + "/metrics")
     assert response.code == 200 and b"txraft_term" in body
+
+
+@bounded(20)
+async def test_head_answers_like_get_without_a_body(cluster):
+    member = cluster.follower()
+    await cluster.request("PUT", cluster.url(member, "h"), b"12345")
+    response, body = await cluster.request("HEAD", cluster.url(member, "h"))
+    assert (response.code, body) == (200, b"")
+    assert response.headers.getRawHeaders("content-length") == ["5"]
+    response, body = await cluster.request("HEAD", cluster.url(member, "absent"))
+    assert (response.code, body) == (404, b"")
+    response, body = await cluster.request("HEAD", cluster.url(member) + "/v1/status")
+    assert (response.code, body) == (200, b"")
+
+
+@bounded(20)
+async def test_an_encoded_slash_names_the_same_key(cluster):
+    member = IDS[2]
+    response, _ = await cluster.request("PUT", cluster.url(member) + "/v1/kv/users%2F42", b"x")
+    assert response.code == 200
+    response, body = await cluster.request("GET", cluster.url(member, "users/42"))
+    assert (response.code, body) == (200, b"x")
