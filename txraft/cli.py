@@ -82,10 +82,13 @@ class Client:
     :param insecure: allow a plain ``http://`` URL without certificates.
     :param timeout: seconds a request may take.
     :param reactor: the reactor; the global one when ``None``.
+    :param persistent: keep connections open between requests (then call
+        :meth:`close` when done); by default every request has its own.
     :raises ValueError: for a URL whose scheme does not fit the options.
     """
 
-    def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None):
+    def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None,
+                 persistent=False):
         import treq.client
         from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -111,11 +114,16 @@ class Client:
             from txraft.transport.tls import TLSCredentials
 
             policy = _ClusterCAPolicy(TLSCredentials.load(cert, key, ca).options())
-        # No persistent connections: nothing stays open after a request.
-        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        # Without persistent connections nothing stays open after a request.
+        self._pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self._pool.maxPersistentPerHost = 64
         agent = Agent(reactor, contextFactory=policy, pool=self._pool, connectTimeout=timeout) \
             if policy is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
         self._http = treq.client.HTTPClient(agent)
+
+    def close(self):
+        """Close kept-alive connections; :returns: a Deferred firing when they are closed."""
+        return self._pool.closeCachedConnections()
 
     def _url(self, key=None):
         if key is None:

@@ -88,10 +88,12 @@ class LocalCluster:
     :param extra_args: more ``twistd raft`` options for every member.
     :param client_name: name of the client certificate made for the API.
     :param reactor: the reactor (for polling); the global one when ``None``.
+    :param persistent: keep HTTP connections open and reuse one client per
+        member (for load); :meth:`close_clients` closes them.
     """
 
     def __init__(self, directory, size=3, hosts=None, tls=True, extra_args=(), client_name="client",
-                 reactor=None):
+                 reactor=None, persistent=False):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -99,6 +101,8 @@ class LocalCluster:
         self.tls = tls
         self.extra_args = list(extra_args)
         self.client_name = client_name
+        self.persistent = persistent
+        self._clients = {}
         hosts = hosts or [f"127.0.0.{21 + i}" for i in range(size)]
         self.members = [Member(f"member{i + 1}", host, free_port(host), free_port(host), directory)
                         for i, host in enumerate(hosts)]
@@ -188,12 +192,26 @@ class LocalCluster:
 
     def client(self, member, name=None, timeout=15.0):
         """:returns: a :class:`txraft.cli.Client` for ``member``'s API (client certificate ``name``)."""
+        if self.persistent:
+            cached = self._clients.get((member.id, name, timeout))
+            if cached is None:
+                cached = self._clients[(member.id, name, timeout)] = self._new_client(member, name, timeout)
+            return cached
+        return self._new_client(member, name, timeout)
+
+    async def close_clients(self):
+        """Close the connections of persistent clients."""
+        clients, self._clients = list(self._clients.values()), {}
+        await defer.gatherResults([c.close() for c in clients])
+
+    def _new_client(self, member, name, timeout):
         scheme = "https" if self.tls else "http"
         url = f"{scheme}://{member.host}:{member.http_port}"
         if not self.tls:
-            return Client(url, insecure=True, timeout=timeout, reactor=self.reactor)
+            return Client(url, insecure=True, timeout=timeout, reactor=self.reactor, persistent=self.persistent)
         cert, key = self.certs[name or self.client_name]
-        return Client(url, cert, key, self.certs["ca"][0], timeout=timeout, reactor=self.reactor)
+        return Client(url, cert, key, self.certs["ca"][0], timeout=timeout, reactor=self.reactor,
+                      persistent=self.persistent)
 
     def sleep(self, seconds):
         return task.deferLater(self.reactor, seconds, lambda: None)
