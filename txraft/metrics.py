@@ -11,7 +11,7 @@ Prometheus metrics of one Raft member.
 Gauges (term, role, commit/applied/last index) are read from
 ``raft.status()`` at scrape time, so they are never stale.  Counters that need
 events (leader changes, snapshots installed from the leader) come from the
-core's ``on_leader_change``, ``on_restore`` and ``on_apply`` hooks, attached
+core's ``on_leader_change``, ``on_restore`` and ``on_snapshot`` hooks, attached
 once the member has started.  Bytes replicated per peer are counted by
 :class:`CountingTransport`, a wrapper around the member's transport.
 
@@ -122,7 +122,6 @@ class MemberMetrics:
         self.snapshots_installed = 0
         self._core = None
         self._first_term = None
-        self._seen_snapshot = 0
         self.transport = None  # the CountingTransport, once attached
         self.registry.register(_StatusCollector(self))
         self.attach()
@@ -142,10 +141,9 @@ class MemberMetrics:
             return True
         self._core = core
         self._first_term = core.term
-        self._seen_snapshot = getattr(core, "_snapshot_index", 0)
         core.on_leader_change.append(self._on_leader_change)
         core.on_restore.append(self._on_restore)
-        core.on_apply.append(self._on_apply)
+        core.on_snapshot.append(self._on_snapshot)
         transport = getattr(core, "transport", None)
         if isinstance(transport, CountingTransport):
             self.transport = transport
@@ -161,24 +159,9 @@ class MemberMetrics:
 
     def _on_restore(self, meta):
         self.snapshots_installed += 1
-        self._seen_snapshot = max(self._seen_snapshot, getattr(self._core, "_snapshot_index", meta.index))
 
-    def _on_apply(self, entry, outcome):
-        self._notice_snapshots()
-
-    def _notice_snapshots(self):
-        # The core offers no hook for snapshots it takes; it records the
-        # latest one's index, which moves forward when a snapshot is written
-        # here and when one is restored (counted by _on_restore).  Checked
-        # after every apply, so no snapshot goes unnoticed (the core takes at
-        # most one per batch of applies).
-        core = self._core
-        if core is None:
-            return
-        index = getattr(core, "_snapshot_index", 0)
-        if index > self._seen_snapshot:
-            self.snapshots_taken += 1
-            self._seen_snapshot = index
+    def _on_snapshot(self, meta):
+        self.snapshots_taken += 1
 
     # -- observing appends ---------------------------------------------------------
 
@@ -225,7 +208,6 @@ class _StatusCollector:
     def collect(self):
         metrics = self.metrics
         metrics.attach()
-        metrics._notice_snapshots()
         status = metrics.raft.status()
         core = metrics._core
 
@@ -243,7 +225,7 @@ class _StatusCollector:
         yield gauge("txraft_last_index", "Last index in the log", status.last_index)
         yield gauge("txraft_members", "Members of the cluster", len(status.members))
         yield gauge("txraft_snapshot_index", "Index of the latest snapshot (0: none)",
-                    getattr(core, "_snapshot_index", 0) if core is not None else 0)
+                    core.snapshot_index if core is not None else 0)
 
         first = metrics._first_term if metrics._first_term is not None else status.term
         yield CounterMetricFamily("txraft_elections", "Terms begun (elections held) since this member started",

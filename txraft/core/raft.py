@@ -126,6 +126,8 @@ class RaftCore:
         self.on_leader_change = []
         #: Called as f(meta) after the application is restored from a snapshot.
         self.on_restore = []
+        #: Called as f(meta) once a snapshot of this member's own state is durable.
+        self.on_snapshot = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -136,6 +138,11 @@ class RaftCore:
     @property
     def voted_for(self):
         return self.storage.hard_state.voted_for
+
+    @property
+    def snapshot_index(self):
+        """Index of the latest snapshot in storage (0: none)."""
+        return self._snapshot_index
 
     def start(self):
         """Restore the application from the latest snapshot and start the election timer."""
@@ -836,6 +843,8 @@ class RaftCore:
         def committed(_):
             self._snapshotting = False
             self.log.info("{member} snapshot at {index}", member=self.id, index=writer.meta.index)
+            for hook in list(self.on_snapshot):
+                hook(writer.meta)
 
         return d.addCallback(committed)
 
