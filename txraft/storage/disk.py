@@ -767,13 +767,18 @@ class _Batch:
 
 
 class _Switch:
-    """A snapshot commit as the worker sees it: the snapshot to install and the log to start."""
+    """
+    A snapshot commit as the worker sees it: the snapshot to install, the log
+    to start (``segment``, written as ``log_bytes``), the logs it replaces, and
+    the oldest generation to keep (``keep_key``: the oldest replaced log's).
+    """
 
-    def __init__(self, writer, segment, log_bytes, keep_key):
+    def __init__(self, writer, segment, log_bytes, old_segments):
         self.writer = writer
         self.segment = segment
         self.log_bytes = log_bytes
-        self.keep_key = keep_key
+        self.old_segments = old_segments
+        self.keep_key = min(s.key for s in old_segments)
         self.snapshot_path = None
         self.warnings = []
 
@@ -1270,8 +1275,7 @@ class DiskStorage:
         self._cache.clear()
         self._cache_bytes = 0
         old_segments = list(dict.fromkeys(index.segments + [self._active]))
-        switch = _Switch(writer, segment, data, min(s.key for s in old_segments))
-        switch.old_segments = old_segments
+        switch = _Switch(writer, segment, data, old_segments)
         self._batch.operations.append(["switch", switch])
         self._batch.switches.append(switch)
         self._index = new_index
