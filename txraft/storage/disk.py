@@ -41,18 +41,17 @@ Recovery, crash safety and the fsync policies are described in
 from __future__ import annotations
 
 import bisect
-import io
 import fcntl
+import io
 import os
 import re
 import struct
 import tempfile
 import zlib
 from array import array
-
-import msgpack
 from collections import OrderedDict
 
+import msgpack
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
