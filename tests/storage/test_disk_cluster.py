@@ -70,7 +70,7 @@ class Cluster:
     def log_dir(self, member_id):
         return str(self.tmp_path / member_id.replace(":", "_"))
 
-    def member(self, member_id, peers=(), threshold=10000):
+    def member(self, member_id, peers=(), threshold=10000, retain=None):
         config = RaftConfig(
             log_dir=self.log_dir(member_id),
             listen=member_id,
@@ -79,7 +79,8 @@ class Cluster:
             insecure=True,
         )
         client = RecordingClient()
-        member = Raft(config, client, reactor=reactor, transport=self.network.transport(member_id))
+        storage = None if retain is None else DiskStorage(config.log_dir, reactor=reactor, retain=retain)
+        member = Raft(config, client, reactor=reactor, transport=self.network.transport(member_id), storage=storage)
         for peer in peers:
             member.add_member(peer)
         self.members.append(member)
@@ -161,6 +162,41 @@ class TestRemoteSnapshot:
         yield wait_for(lambda: agree(clients), what="the wiped member to catch up", members=[fresh] + members[1:])
         assert fresh_client.restores >= 1
         assert snapshot_pairs(cluster.log_dir(ids[0]))
+
+
+class TestRetainedEntries:
+    """Entries kept before the snapshot let a lagging follower catch up without one."""
+
+    @deferred_test
+    def test_lagging_follower_is_sent_entries_not_the_snapshot(self, cluster):
+        ids = [f"127.0.0.1:{7021 + i}" for i in range(3)]
+        members, clients = [], []
+        for member_id in ids:
+            member, client = cluster.member(member_id, peers=ids, threshold=30, retain=60)
+            members.append(member)
+            clients.append(client)
+        yield defer.gatherResults([m.start() for m in members])
+        yield members[0].append(b"first")
+        leader = next(i for i, m in enumerate(members) if m.status().role == "leader")
+        lagging = (leader + 1) % 3
+        cluster.network.isolate(ids[lagging], ids)
+        for i in range(45):
+            yield members[leader].append(b"while cut off %d" % i)
+        log_dir = cluster.log_dir(ids[leader])
+        yield wait_for(lambda: snapshot_pairs(log_dir), what="a snapshot on the leader", members=members)
+        leader_storage = members[leader].core.storage
+        source = leader_storage.open_snapshot()
+        snapshot_index = source.meta.index
+        source.close()
+        # The follower lags behind the snapshot, but not behind the retained entries.
+        assert leader_storage.first_index <= clients[lagging].last_index + 1 < snapshot_index
+        cluster.network.heal()
+
+        def agree():
+            return all(c.applied == clients[0].applied for c in clients) and len(clients[0].applied) == 46
+
+        yield wait_for(agree, what="the lagging follower to catch up", members=members)
+        assert clients[lagging].restores == 0
 
 
 class Child(protocol.ProcessProtocol):
