@@ -219,3 +219,19 @@ def test_raft_defaults_to_memory_storage_without_log_dir():
     clock.advance(0.1)
     assert result == [2]
     member.stop()
+
+
+def test_a_returning_partitioned_member_does_not_depose_the_leader():
+    """With PreVote (dissertation 9.6) a member cut off for a long time does not
+    inflate its term, so healing the partition keeps the leader and its term."""
+    cluster = settled_cluster(size=5)
+    leader = cluster.agreed_leader()
+    term = cluster.members[leader].core.term
+    loner = next(i for i in cluster.ids if i != leader)
+    cluster.network.isolate(loner, cluster.ids)
+    cluster.run(5.0)  # dozens of election timeouts
+    assert cluster.members[loner].core.term == term
+    cluster.heal()
+    cluster.run(1.0)
+    assert cluster.agreed_leader() == leader
+    assert cluster.members[leader].core.term == term

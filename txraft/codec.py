@@ -129,6 +129,7 @@ _FIELDS = {
         _int_field("last_log_index"),
         _int_field("last_log_term"),
         _typed_field("disrupt", bool),
+        _typed_field("pre_vote", bool),
     ],
     m.RequestVoteReply: [_int_field("term"), _typed_field("granted", bool)],
     m.AppendEntries: [

@@ -90,13 +90,18 @@ class RequestVote:
 
     ``disrupt`` is set by a forced election (``start_election()``); it lets the
     request through the receiver's check that a leader was heard from recently
-    (section 6, disruptive servers)."""
+    (section 6, disruptive servers).
+
+    ``pre_vote`` asks only whether the receiver *would* vote for the sender in
+    ``term`` (Raft dissertation section 9.6): nobody changes term or vote, so a
+    member that was cut off cannot depose a healthy leader when it returns."""
 
     term: int
     candidate: str
     last_log_index: int
     last_log_term: int
     disrupt: bool = False
+    pre_vote: bool = False
 
 
 @dataclass(frozen=True)

@@ -136,8 +136,39 @@ def test_follower_stands_for_election_after_the_timeout():
     election timeout, then it assumes there is no viable leader." """
     core = make_core()
     core.clock.advance(0.31)
+    # First a pre-vote round (dissertation 9.6): nothing changes yet.
+    pre_votes = core.transport.take(m.RequestVote)
+    assert [r.pre_vote for _, r, _ in pre_votes] == [True, True]
+    assert core.term == 0 and core.storage.hard_state == m.HardState(0, "")
+    pre_votes[0][2].callback(m.RequestVoteReply(0, True))
     assert core.role == "candidate" and core.term == 1
-    assert len(core.transport.take(m.RequestVote)) == 2
+    votes = core.transport.take(m.RequestVote)
+    assert len(votes) == 2 and not any(r.pre_vote for _, r, _ in votes)
+
+
+def test_a_member_that_cannot_win_never_raises_its_term():
+    """Dissertation 9.6 (PreVote): "a candidate would first ask other servers whether its
+    log was up-to-date enough to get their vote" -- so a member cut off from the others
+    does not inflate its term and depose the leader when it returns."""
+    core = make_core()
+    for _ in range(20):
+        core.clock.advance(0.31)
+        for _, request, d in core.transport.take(m.RequestVote):
+            assert request.pre_vote
+            d.errback(errors.TransportError("unreachable"))
+    assert core.term == 0 and core.role == "follower"
+
+
+def test_pre_vote_changes_nothing_on_the_receiver():
+    """9.6: a pre-vote is answered as the vote would be, without adopting the term or voting."""
+    core = follower_with_log(1, 1)
+    reply = result_of(core.receive(m.RequestVote(5, B, 2, 1, pre_vote=True)))
+    assert reply == m.RequestVoteReply(1, True)
+    assert core.storage.hard_state == m.HardState(1, "")
+    stale = result_of(core.receive(m.RequestVote(5, B, 1, 1, pre_vote=True)))
+    assert not stale.granted
+    result_of(core.receive(m.AppendEntries(1, C, 2, 1, (), 0)))  # a live leader
+    assert not result_of(core.receive(m.RequestVote(5, B, 2, 1, pre_vote=True))).granted
 
 
 def test_leader_heard_recently_is_not_deposed_by_a_vote_request():
@@ -258,7 +289,9 @@ def test_leader_counts_itself_only_after_its_own_write_is_durable():
     quorum only once its own copy is durable."""
     clock = Clock()
     core = make_core(storage=MemoryStorage(clock, fsync_delay=0.05), clock=clock)
-    clock.advance(0.31)  # election timeout
+    clock.advance(0.31)  # election timeout: a pre-vote round first
+    for peer, message, d in core.transport.take(m.RequestVote):
+        d.callback(m.RequestVoteReply(0, True))
     assert core.role == "candidate" and not core.transport.sent  # own vote not durable yet
     clock.advance(0.05)
     for peer, message, d in core.transport.take(m.RequestVote):

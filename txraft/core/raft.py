@@ -99,6 +99,8 @@ class RaftCore:
 
         # Candidate state.
         self._votes = set()
+        self._pre_votes = set()
+        self._pre_vote_term = None  # term a pre-vote round is asking about
         # Leader state.
         self._progress = {}
         self._own_durable = 0  # highest own entry known durable in this term
@@ -295,7 +297,41 @@ class RaftCore:
     def _on_election_timeout(self):
         self._election_call = None
         if self.role in (FOLLOWER, CANDIDATE):
+            self._start_pre_vote()
+
+    def _start_pre_vote(self):
+        """
+        Ask whether a majority would vote for us before raising the term
+        (Raft dissertation section 9.6).  A member that cannot win (cut off,
+        or with a stale log) never raises its term, so when it returns it
+        cannot force a healthy leader to step down.
+        """
+        self._set_leader("")
+        self._reset_election_timer()
+        term = self.term + 1
+        self._pre_votes = {self.id}
+        self._pre_vote_term = term
+        if len(self._pre_votes) >= self.quorum:
             self._become_candidate(disrupt=False)
+            return
+        request = m.RequestVote(term, self.id, self.storage.last_index,
+                                self.storage.term_at(self.storage.last_index), pre_vote=True)
+        for peer in self.peers:
+            self._call(peer, request).addCallbacks(
+                self._on_pre_vote_reply, self._on_rpc_error, callbackArgs=(term, peer), errbackArgs=(peer,))
+
+    def _on_pre_vote_reply(self, reply, term, peer):
+        if self.role not in (FOLLOWER, CANDIDATE) or self._pre_vote_term != term:
+            return
+        if reply.granted:
+            self._pre_votes.add(peer)
+            if len(self._pre_votes) >= self.quorum:
+                self._pre_vote_term = None
+                self._become_candidate(disrupt=False)
+        elif reply.term > self.term:
+            # A newer term exists; following it cannot hurt anyone.
+            self._pre_vote_term = None
+            self._become_follower(reply.term, "")
 
     def start_election(self):
         """Stand for election now, even if a leader is alive (the seed's StartElection)."""
@@ -339,6 +375,13 @@ class RaftCore:
         self._check_sender(req.candidate, "candidate")
         if req.term < self.term:
             return m.RequestVoteReply(self.term, False)
+        if req.pre_vote:
+            # Answer as we would vote, but change nothing.
+            last = self.storage.last_index
+            up_to_date = (req.last_log_term, req.last_log_index) >= (self.storage.term_at(last), last)
+            free = req.term > self.term or self.voted_for in ("", req.candidate)
+            granted = up_to_date and free and not self._heard_from_leader_recently()
+            return m.RequestVoteReply(self.term, granted)
         if req.term > self.term and not req.disrupt and self._heard_from_leader_recently():
             # We heard from a live leader moments ago: a member that lost
             # contact must not depose it (Raft paper section 6, disruptive servers).

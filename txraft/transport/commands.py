@@ -161,6 +161,7 @@ class RequestVote(amp.Command):
         (b"last_log_index", amp.Integer()),
         (b"last_log_term", amp.Integer()),
         (b"disrupt", amp.Boolean()),
+        (b"pre_vote", amp.Boolean()),
     ]
     response = [(b"term", amp.Integer()), (b"granted", amp.Boolean())]
     errors = ERRORS
