@@ -69,6 +69,7 @@ class Raft:
         self._next_seq = 1
         self._pending = {}  # seq -> _Pending
         self._placed = {}  # index -> seq, for pending commands the leader has placed
+        self._apply_waiters = []  # [(index, Deferred)] fired once applied_index reaches index
 
     # -- membership and lifecycle -----------------------------------------
 
@@ -112,6 +113,7 @@ class Raft:
         self.core.on_apply.append(self._on_apply)
         self.core.on_leader_change.append(self._on_leader_change)
         self.core.on_restore.append(self._on_restore)
+        self.core.on_applied.append(self._on_applied)
         self.core.start()
         yield self._transport.start(self.core)
         self._state = "running"
@@ -144,6 +146,9 @@ class Raft:
             self.core.stop()
         for pending in list(self._pending.values()):
             self._finish(pending, errors.Stopped(f"member {self.id} stopped"))
+        waiters, self._apply_waiters = self._apply_waiters, []
+        for _, waiter in waiters:
+            waiter.errback(errors.Stopped(f"member {self.id} stopped"))
         if self._transport is not None and previous != "new":
             yield self._transport.stop()
         if self._storage is not None and previous != "new":
@@ -203,11 +208,23 @@ class Raft:
                 if self.reactor.seconds() >= deadline or self._state != "running":
                     raise errors.NoQuorum("no leader confirmed a read point in time")
                 yield self._sleep(self.config.heartbeat)
-        while self.core.applied_index < index:
-            if self.reactor.seconds() >= deadline or self._state != "running":
-                raise errors.Timeout(f"not applied up to {index} in time")
-            yield self._sleep(self.config.heartbeat / 4)
+        if self.core.applied_index < index:
+            waiter = defer.Deferred()
+            self._apply_waiters.append((index, waiter))
+            waiter.addTimeout(max(deadline - self.reactor.seconds(), 0), self.reactor)
+            try:
+                yield waiter
+            except defer.TimeoutError:
+                raise errors.Timeout(f"not applied up to {index} in time") from None
         return index
+
+    def _on_applied(self, applied):
+        if not self._apply_waiters:
+            return
+        ready = [w for w in self._apply_waiters if w[0] <= applied]
+        self._apply_waiters = [w for w in self._apply_waiters if w[0] > applied]
+        for _, waiter in ready:
+            waiter.callback(applied)
 
     def _sleep(self, seconds):
         from twisted.internet.task import deferLater

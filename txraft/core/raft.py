@@ -130,6 +130,8 @@ class RaftCore:
         self.on_restore = []
         #: Called as f(meta) once a snapshot of this member's own state is durable.
         self.on_snapshot = []
+        #: Called as f(applied_index) after each batch of applies.
+        self.on_applied = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -842,6 +844,8 @@ class RaftCore:
             batch = self.storage.entries(low, self.commit_index + 1, 1024 * 1024)
             for entry in batch:
                 self._apply(entry)
+        for hook in list(self.on_applied):
+            hook(self.applied_index)
         self._maybe_snapshot()
 
     def _apply(self, entry):
