@@ -235,3 +235,24 @@ def test_a_returning_partitioned_member_does_not_depose_the_leader():
     cluster.run(1.0)
     assert cluster.agreed_leader() == leader
     assert cluster.members[leader].core.term == term
+
+
+def test_a_member_whose_disk_was_wiped_catches_up_from_a_snapshot():
+    """The seed's TestRemoteSnapshot on the simulator: the leader notices that the
+    follower lost entries it had acknowledged and sends it a snapshot."""
+    from txraft.storage.memory import MemoryStorage
+
+    cluster = settled_cluster(snapshot_threshold=10)
+    leader = cluster.agreed_leader()
+    results = []
+    for i in range(40):
+        cluster.members[leader].append(b"w%d" % i).addBoth(results.append)
+    cluster.run(2.0)
+    assert len(results) == 40
+    wiped = next(i for i in cluster.ids if i != leader)
+    cluster.crash(wiped)
+    cluster.storages[wiped] = MemoryStorage(cluster.clock, cluster.fsync_delay)
+    cluster.restart(wiped)
+    assert cluster.run_until(cluster.converged, timeout=5.0)
+    assert cluster.clients[wiped].restores == 1
+    assert cluster.clients[wiped].applied == cluster.clients[leader].applied

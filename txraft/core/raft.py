@@ -698,6 +698,13 @@ class RaftCore:
                 progress.probing = False
             progress.next_index = max(progress.next_index, progress.match_index + 1)
         elif request.prev_index >= progress.match_index:
+            if reply.conflict_index and reply.conflict_index <= progress.match_index:
+                # The follower no longer holds entries it acknowledged: its
+                # disk was lost or wiped.  Stop counting them, or we would
+                # never send what it now lacks.
+                self.log.warn("{member}: {peer} lost acknowledged entries after {index}",
+                              member=self.id, peer=peer, index=reply.conflict_index - 1)
+                progress.match_index = reply.conflict_index - 1
             progress.next_index = self._next_after_conflict(reply, request, progress)
             progress.probing = True
         self._check_reads()

@@ -39,6 +39,8 @@ class _State:
         return other
 
     def term_at(self, index):
+        if index == 0:
+            return 0
         if index == self.snapshot.index:
             return self.snapshot.term
         offset = index - self.snapshot.index - 1
