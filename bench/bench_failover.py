@@ -11,6 +11,11 @@ Two measurements, for the timing given (default: the plugin's defaults):
    keep writing), measure the time until the two survivors agree on a new
    leader, restart the old leader and wait until it has caught up.
 
+``--cpu-hogs N`` also runs N busy-looping processes throughout, to stand for
+other work on the machine (the members then compete for the CPU, which is
+what stretches heartbeats into spurious elections); ``--value-size`` sets the
+size of each value written.
+
 Run::
 
     python bench/bench_failover.py                       # plugin defaults
@@ -24,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +51,9 @@ def percentile(values, p):
 class Load:
     """``writers`` coroutines putting keys through the members, round robin."""
 
-    def __init__(self, cluster, writers):
+    def __init__(self, cluster, writers, value_size=100):
         self.cluster = cluster
+        self.value = b"x" * value_size
         self.writers = writers
         self.latencies = []
         self.failures = 0
@@ -67,7 +74,7 @@ class Load:
                 continue
             t = time.monotonic()
             try:
-                await self.cluster.client(member, timeout=15).put(f"bench-{n}-{i % 1000}", b"x" * 100)
+                await self.cluster.client(member, timeout=15).put(f"bench-{n}-{i % 1000}", self.value)
             except ClientError:
                 self.failures += 1
             else:
@@ -89,11 +96,13 @@ async def bench(reactor, args):
              "--fsync", args.fsync]
     cluster = LocalCluster(directory, extra_args=extra, reactor=reactor, persistent=True)
     figures = {"heartbeat": args.heartbeat, "election_timeout": args.election_timeout, "fsync": args.fsync,
-               "writers": args.writers, "cpus": os.cpu_count()}
+               "writers": args.writers, "cpus": os.cpu_count(), "cpu_hogs": args.cpu_hogs,
+               "value_size": args.value_size}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.cpu_hogs)]
     try:
         cluster.start_all()
         leader = await cluster.agreed_leader(timeout=60)
-        load = Load(cluster, args.writers)
+        load = Load(cluster, args.writers, args.value_size)
         load.start()
         await cluster.sleep(1.0)  # let the load build up before counting
         before = await terms(cluster)
@@ -111,7 +120,7 @@ async def bench(reactor, args):
               f"terms {sorted(set(before.values()))} -> {sorted(set(after.values()))}: "
               f"{spurious} spurious election(s)", flush=True)
 
-        failovers, extra_terms, catch_ups = [], [], []
+        failovers, extra_terms, catch_ups, rejoin_terms = [], [], [], []
         for trial in range(args.trials):
             leader = await cluster.agreed_leader(timeout=30)
             term = (await cluster.status(leader))["term"]
@@ -129,20 +138,33 @@ async def bench(reactor, args):
             commit = (await cluster.status(new))["commit_index"]
             await cluster.caught_up(leader, commit, timeout=60)
             catch_ups.append(time.monotonic() - t)
+            # A rejoining member must not depose the leader: count the terms
+            # begun from its restart until a while after it caught up.
+            await cluster.sleep(args.settle)
+            settled = await cluster.agreed_leader(timeout=30)
+            settled_term = (await cluster.status(settled))["term"]
+            rejoin_terms.append(settled_term - new_term)
             print(f"trial {trial + 1}: kill -9 {leader.name}: {new.name} leads after {failover:.3f} s "
-                  f"(term {term} -> {new_term}); restart + catch-up {catch_ups[-1]:.2f} s", flush=True)
+                  f"(term {term} -> {new_term}); restart + catch-up {catch_ups[-1]:.2f} s; "
+                  f"{rejoin_terms[-1]} election(s) while it rejoined", flush=True)
         await load.stop()
         figures.update(
             failover_min_s=round(min(failovers), 3), failover_median_s=round(statistics.median(failovers), 3),
             failover_max_s=round(max(failovers), 3), failover_split_votes=sum(1 for e in extra_terms if e > 0),
-            catch_up_median_s=round(statistics.median(catch_ups), 2), failed_puts=load.failures)
+            catch_up_median_s=round(statistics.median(catch_ups), 2), failed_puts=load.failures,
+            rejoin_elections=sum(rejoin_terms), rejoins_with_elections=sum(1 for r in rejoin_terms if r))
         print(f"failover over {args.trials} trials: min {figures['failover_min_s']:.3f} s, median "
               f"{figures['failover_median_s']:.3f} s, max {figures['failover_max_s']:.3f} s; "
               f"{figures['failover_split_votes']} needed more than one election; "
+              f"{figures['rejoins_with_elections']} of {args.trials} restarts caused elections "
+              f"({figures['rejoin_elections']} in all); "
               f"{load.failures} puts failed or timed out (while a member was down)")
         if args.json:
             print(json.dumps(figures, sort_keys=True))
     finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
         try:
             await cluster.close_clients()
             await cluster.stop()
@@ -159,6 +181,10 @@ def main():
     parser.add_argument("--writers", type=int, default=16, help="concurrent writers (default %(default)s)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load without failures")
     parser.add_argument("--trials", type=int, default=5, help="leader kills")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds after a restarted member caught up during which elections are counted")
+    parser.add_argument("--cpu-hogs", type=int, default=0, help="busy-looping processes meanwhile")
+    parser.add_argument("--value-size", type=int, default=100, help="bytes per value written")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args)))

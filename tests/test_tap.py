@@ -7,7 +7,6 @@ anything is written.
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 from twisted.application.service import IServiceMaker
@@ -15,6 +14,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from txraft import certs
+from txraft.demo import twistd_command
 from txraft.tap import DEFAULTS, Options, load_app_class, makeService
 
 APP = "txraft.testing:RecordingClient"
@@ -62,12 +62,9 @@ def test_the_raft_plugin_is_found_by_twisted():
 
 
 def test_twistd_lists_raft_from_any_directory(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "twisted", "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
-    twistd = subprocess.run(["twistd", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    twistd = subprocess.run([*twistd_command(), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert twistd.returncode == 0, twistd.stderr
     assert any(line.split()[:1] == ["raft"] for line in twistd.stdout.splitlines()), twistd.stdout
-    assert result.returncode == 0
 
 
 # -- defaults -------------------------------------------------------------------
@@ -122,7 +119,7 @@ def test_named_peers_give_the_acl_and_the_names_members_must_carry(tmp_path, pki
 
 
 def test_every_option_is_parsed(tmp_path, pki):
-    options = parse(*tls_args(pki), "--app", APP, "--logdir", str(tmp_path / "d"), "--listen", "127.0.0.21:7001",
+    options = parse(*tls_args(pki), "--app", "txraft.kv:KeyValueStore", "--logdir", str(tmp_path / "d"), "--listen", "127.0.0.21:7001",
                     "--peers", "127.0.0.22:7002", "--heartbeat", "0.05", "--election-timeout", "0.5",
                     "--snapshot-threshold", "500", "--fsync", "never", "--acl", "member2, member3",
                     "--http", "127.0.0.21:0", "--client-acl", "admin,ops", "--request-timeout", "3")
@@ -241,6 +238,12 @@ def test_bad_values(tmp_path, args, expected):
     assert expected in refused("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"), *args)
 
 
+def test_the_http_api_needs_the_key_value_store(tmp_path):
+    message = refused("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"), "--http", "127.0.0.1:0")
+    assert message == ("--http serves the key-value API, but --app txraft.testing:RecordingClient "
+                       "is not a txraft.kv.KeyValueStore")
+
+
 def test_https_needs_a_client_acl(tmp_path, pki):
     message = refused(*tls_args(pki), "--app", APP, "--logdir", str(tmp_path / "d"), "--http", "127.0.0.1:0")
     assert "--client-acl" in message
@@ -260,7 +263,7 @@ def test_twistd_stops_with_one_clear_line_and_writes_nothing(tmp_path, pki):
     logdir = tmp_path / "log"
     missing = tmp_path / "missing.key"
     result = subprocess.run(
-        ["twistd", "-n", "--pidfile=", "raft", "--app", APP, "--logdir", str(logdir),
+        [*twistd_command(), "-n", "--pidfile=", "raft", "--app", APP, "--logdir", str(logdir),
          "--listen", f"127.0.0.1:{free_port()}", "--cert", pki["member1"]["cert"], "--key", str(missing),
          "--ca", pki["member1"]["ca"]],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
@@ -270,3 +273,26 @@ def test_twistd_stops_with_one_clear_line_and_writes_nothing(tmp_path, pki):
     assert last.endswith(f"--key {missing}: no such file"), result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_member_that_cannot_start_exits_with_one_line(tmp_path):
+    """A log directory locked by another member is only found at start: exit 1, one line, no traceback."""
+    import fcntl
+
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    holder = os.open(logdir, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = subprocess.run(
+            [*twistd_command(), "-n", "--pidfile=", "raft", "--insecure", "--app", APP, "--logdir", str(logdir),
+             "--listen", f"127.0.0.1:{free_port()}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        os.close(holder)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "could not start: log_dir" in output and "is in use by another storage" in output
+    assert "Traceback" not in output
+    assert os.listdir(logdir) == []

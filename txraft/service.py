@@ -33,11 +33,13 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.web import http, server
 from zope.interface import implementer
 
+from txraft.errors import RaftError
 from txraft.member import Raft
 
 __all__ = ["RaftService", "ClientCertificateSite"]
@@ -189,8 +191,13 @@ class RaftService(service.MultiService):
     def _failed(self, failure):
         self._starting = None
         reason = failure.getErrorMessage() or failure.type.__name__
-        self.log.failure("txraft member {member} could not start: {reason}", failure,
-                         member=self.config.listen, reason=reason)
+        if failure.check(RaftError, OSError, ConnectError, CannotListenError):
+            # Expected: a locked or corrupt log, a taken port.  No traceback.
+            self.log.error("txraft member {member} could not start: {reason}",
+                           member=self.config.listen, reason=reason)
+        else:
+            self.log.failure("txraft member {member} could not start: {reason}", failure,
+                             member=self.config.listen, reason=reason)
         self.ready.errback(failure)
         self.ready.addErrback(lambda _: None)
         if self.exit_on_failure:

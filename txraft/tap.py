@@ -35,8 +35,8 @@ __all__ = ["Options", "makeService", "DEFAULTS", "load_app_class"]
 DEFAULTS = {
     "listen": "127.0.0.1:7001",
     "peers": "",
-    "heartbeat": 0.1,
-    "election-timeout": 0.8,
+    "heartbeat": 0.15,
+    "election-timeout": 0.6,
     "snapshot-threshold": 10000,
     "fsync": "always",
     "acl": "",
@@ -281,6 +281,11 @@ class Options(usage.Options):
                 raise ConfigurationError(
                     "--http with certificates needs --client-acl NAME,... (the client certificate names "
                     "admitted); or run with --insecure")
+            from txraft.kv import KeyValueStore
+
+            if not issubclass(app_class, KeyValueStore):
+                raise ConfigurationError(
+                    f"--http serves the key-value API, but --app {self['app']} is not a txraft.kv.KeyValueStore")
             self["http_address"] = (http_host, http_port)
 
         _check_bindable("listen", host, port)
