@@ -192,6 +192,7 @@ def test_logdir_that_is_not_writable(tmp_path):
     ("127.0.0.1:http", "is not a port number"),
     ("127.0.0.1:70000", "port out of range"),
     ("127.0.0.1:0", "fixed port"),
+    ("0.0.0.0:7001", "not a wildcard"),
 ])
 def test_malformed_listen_address(tmp_path, listen, expected):
     message = refused("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"), "--listen", listen)

@@ -221,6 +221,10 @@ class Options(usage.Options):
         host, port = parse_host_port(self["listen"], "--listen")
         if port == 0:
             raise ConfigurationError(f"--listen {self['listen']}: a member needs a fixed port, not 0")
+        if host in ("0.0.0.0", "::", "*"):
+            raise ConfigurationError(
+                f"--listen {self['listen']}: the listen address is the member id, which the other members "
+                "dial: give this host's address, not a wildcard")
         me = member_id(host, port)
         peers = parse_peers(self["peers"] or "")
         members = list(peers.ids)
