@@ -11,6 +11,7 @@ child process is killed in teardown.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -222,6 +223,26 @@ async def test_kill_9_of_the_leader_loses_no_acknowledged_write(cluster):
         await bounded(80, body())
     finally:
         state["stop"] = True
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_stops_a_member_cleanly_and_it_rejoins(cluster):
+    async def body():
+        member = next(m for m in cluster.members if m.running)
+        await cluster.client(member).put("before-sigterm", "kept")
+        cluster.kill(member, signal.SIGTERM)
+        # twistd shuts down cleanly, then ends itself with the same signal.
+        assert await cluster.wait_exit(member, timeout=15) in (0, -signal.SIGTERM)
+        assert "Server Shut Down." in cluster.output(member)
+        others = [m for m in cluster.members if m is not member]
+        leader = await cluster.agreed_leader(others, timeout=15)
+        index = (await cluster.client(leader).put("while-stopped", "yes"))["index"]
+        cluster.start(member)
+        await cluster.caught_up(member, index, timeout=30)
+        assert await cluster.client(member).get("before-sigterm", stale=True) == b"kept"
+        assert await cluster.client(member).get("while-stopped", stale=True) == b"yes"
+
+    await bounded(60, body())
 
 
 def _at_least(acknowledged, n):

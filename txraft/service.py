@@ -183,9 +183,14 @@ class RaftService(service.MultiService):
 
     def _started(self, _):
         self._starting = None
-        self.log.info("txraft member {member} running; members {members}; HTTP API {api}",
-                      member=self.raft.id, members=list(self.raft.members),
-                      api="off" if self.http_address is None else "%s:%d" % self.http_address)
+        c = self.config
+        self.log.info(
+            "txraft member {member} running; members {members}; log {log_dir} (fsync {fsync}); heartbeat {heartbeat} s, "
+            "election timeout {election} s; {security}; HTTP API {api}",
+            member=self.raft.id, members=list(self.raft.members), log_dir=c.log_dir or "in memory", fsync=c.fsync,
+            heartbeat=c.heartbeat, election=c.election_base,
+            security="INSECURE" if c.insecure else f"TLS, ACL {sorted(c.acl)}",
+            api="off" if self.http_address is None else "%s:%d" % self.http_address)
         self.ready.callback(self)
 
     def _failed(self, failure):
