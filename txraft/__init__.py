@@ -19,4 +19,14 @@ from txraft.config import RaftConfig
 from txraft.core.raft import Status
 from txraft.member import Raft
 
-__all__ = ["Raft", "RaftClient", "RaftConfig", "Status", "errors", "__version__"]
+__all__ = ["Raft", "RaftClient", "RaftConfig", "RaftService", "Status", "errors", "__version__"]
+
+
+def __getattr__(name):
+    # RaftService pulls in twisted.web, TLS and the key-value app; import it
+    # only when asked for, so that `import txraft` stays light.
+    if name == "RaftService":
+        from txraft.service import RaftService
+
+        return RaftService
+    raise AttributeError(f"module 'txraft' has no attribute {name!r}")
