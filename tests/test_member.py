@@ -256,3 +256,20 @@ def test_a_member_whose_disk_was_wiped_catches_up_from_a_snapshot():
     assert cluster.run_until(cluster.converged, timeout=5.0)
     assert cluster.clients[wiped].restores == 1
     assert cluster.clients[wiped].applied == cluster.clients[leader].applied
+
+
+def test_append_placed_by_a_deposed_leader_completes_through_the_next_one():
+    """The entry a leader placed may vanish with it, and with no later traffic
+    nothing is ever written at that index again; the member submits its waiting
+    commands again when a new leader appears (applied at most once)."""
+    cluster = settled_cluster(size=3)
+    leader = cluster.agreed_leader()
+    result = outcome(cluster.members[leader].append(b"orphan"))
+    cluster.network.isolate(leader, cluster.ids)  # before the entry leaves
+    cluster.run(1.0)  # the others elect a new leader; the old one steps down
+    assert cluster.agreed_leader() is None or cluster.agreed_leader() != leader
+    cluster.heal()
+    cluster.run(2.0)
+    assert result and isinstance(result[0], int), result
+    for member_id in cluster.ids:
+        assert list(cluster.clients[member_id].applied.values()).count(b"orphan") == 1

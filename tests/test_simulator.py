@@ -20,6 +20,10 @@ REGRESSION_SEEDS = [
     # A candidate too stale to win reset every follower's election timer each
     # time it raised the term, so nobody else ever stood (livelock).
     (3, 0), (3, 1), (3, 5), (3, 10), (3, 16), (3, 17), (3, 18), (3, 19),
+    # An append placed by a leader that was deposed before replicating it
+    # waited for its index to be overwritten; with no later traffic it sat
+    # until its timeout on a healthy cluster (caught by the liveness check).
+    (3, 68), (3, 75), (3, 94),
 ]
 
 

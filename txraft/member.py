@@ -352,8 +352,14 @@ class Raft:
     def _on_leader_change(self, leader):
         if not leader:
             return
+        # A new leader may not hold what the old one placed, and nothing may
+        # ever be written at that index again to tell us so.  Submit every
+        # waiting command again: the session table applies each at most once.
         for pending in list(self._pending.values()):
-            if pending.placed is None and pending.retry is None:
+            if pending.placed is not None and pending.placed[0] >= self.core.term:
+                continue  # placed by this very leader
+            self._forget_placement(pending)
+            if pending.retry is None:
                 self._retry_later(pending, None)
 
     def _on_restore(self, meta):

@@ -57,10 +57,11 @@ def run_schedule(seed, members=3, steps=150):
     )
     result = ScheduleResult(seed, members, ok=False)
     outcomes = []
+    timeouts = []  # (simulated time, error class) of appends that timed out
     try:
         cluster.start()
         for step in range(steps):
-            _random_step(rng, cluster, checker, result, outcomes)
+            _random_step(rng, cluster, checker, result, outcomes, timeouts)
             cluster.run(rng.uniform(0.0, 0.15))
         cluster.note("heal everything and wait for convergence")
         cluster.network.drop_rate = 0.0
@@ -70,9 +71,16 @@ def run_schedule(seed, members=3, steps=150):
         if not cluster.run_until(cluster.converged, timeout=60.0):
             raise SafetyViolation("the healed cluster did not converge within 60 simulated seconds: "
                                   + _describe(cluster))
+        converged_at = cluster.clock.seconds()
         # Let waiting appends settle, then check every acknowledgement.
         cluster.run(cluster.request_timeout + 1.0)
         checker.check_final(cluster)
+        # Liveness: once the healed cluster has converged, every append still
+        # waiting on a live member must complete; none may sit until it times out.
+        late = [t for t, kind in timeouts if t > converged_at + 1.0]
+        if late:
+            raise SafetyViolation(f"liveness: {len(late)} append(s) timed out at {late[0]:.3f}, "
+                                  f"after the cluster converged at {converged_at:.3f}")
         result.ok = True
     except SafetyViolation as e:
         result.error = str(e)
@@ -106,7 +114,7 @@ def _describe(cluster):
     return "; ".join(parts)
 
 
-def _random_step(rng, cluster, checker, result, outcomes):
+def _random_step(rng, cluster, checker, result, outcomes, timeouts):
     running = cluster.running()
     roll = rng.random()
     if roll < 0.45 and running:
@@ -116,7 +124,7 @@ def _random_step(rng, cluster, checker, result, outcomes):
         cluster.note(f"append {command.decode()} at {member_id}")
         d = cluster.members[member_id].append(command)
         d.addCallbacks(lambda index, c=command: checker.acknowledge(c, index),
-                       lambda f: _expected_failure(f, outcomes))
+                       lambda f: _expected_failure(f, outcomes, timeouts, cluster.clock))
     elif roll < 0.52 and running:
         member_id = rng.choice(running)
         cluster.crash(member_id)
@@ -144,9 +152,11 @@ def _random_step(rng, cluster, checker, result, outcomes):
         cluster.network.isolate(leader, cluster.ids)
 
 
-def _expected_failure(failure, outcomes):
+def _expected_failure(failure, outcomes, timeouts, clock):
     # Under faults an append may time out or its member may crash; both are
     # allowed outcomes (nothing was acknowledged).  Anything else is a bug.
+    if failure.check(errors.Timeout):
+        timeouts.append((clock.seconds(), failure.type.__name__))
     if failure.check(errors.Timeout, errors.Stopped, errors.ResultUnavailable):
         outcomes.append(None)
     else:
