@@ -677,16 +677,28 @@ class RaftCore:
             return None
         return self._progress.get(peer)
 
-    def _on_append_reply(self, reply, peer, request, round_):
+    def _reply_progress(self, reply, request, peer):
+        """
+        Common handling of a follower's reply: adopt a newer term it reports
+        (stepping down), and find the progress the reply is about.
+
+        :returns: the follower's :class:`Progress`, or ``None`` when the reply
+            is stale (another term, no longer leader) or made us step down.
+        """
         if self.role == STOPPED:
-            return
+            return None
         if reply.term > self.term:
             self._become_follower(reply.term, "")
-            return
+            return None
         progress = self._current_progress(request.term, peer)
+        if progress is not None:
+            progress.last_reply = self.clock.seconds()
+        return progress
+
+    def _on_append_reply(self, reply, peer, request, round_):
+        progress = self._reply_progress(reply, request, peer)
         if progress is None:
             return
-        progress.last_reply = self.clock.seconds()
         progress.acked_round = max(progress.acked_round, round_)
         if request.entries:
             progress.inflight = max(0, progress.inflight - 1)
@@ -768,15 +780,9 @@ class RaftCore:
             progress.snapshot_busy = False
 
     def _on_snapshot_reply(self, reply, peer, request, source):
-        if self.role == STOPPED:
-            return
-        if reply.term > self.term:
-            self._become_follower(reply.term, "")
-            return
-        progress = self._current_progress(request.term, peer)
+        progress = self._reply_progress(reply, request, peer)
         if progress is None or progress.snapshot is not source:
             return
-        progress.last_reply = self.clock.seconds()
         progress.snapshot_busy = False
         end = request.offset + len(request.data)
         if request.done and reply.next_offset >= end:
