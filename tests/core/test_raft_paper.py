@@ -372,6 +372,10 @@ def test_snapshot_keeps_the_log_after_a_matching_last_entry():
     m.AppendEntries(1, B, 0, 3, (), 0),  # prev_term for index 0
     m.AppendEntries(1, "10.9.9.9:1", 0, 0, entries(1), 0),  # not a member
     m.RequestVote(1, A, 0, 0),  # claims to be the receiver itself
+    m.AppendEntries(1, B, -5, 0, (), 0),  # negative index
+    m.AppendEntries(1, B, 0, 0, (), -1),  # negative commit
+    m.RequestVote(2, B, -1, 0),  # negative last index
+    m.InstallSnapshot(1, B, 3, 1, -10, b"x", True),  # negative offset
 ])
 def test_malformed_requests_are_refused_and_change_nothing(request_):
     """Malformed RPC arguments get a clear error and never touch the log."""

@@ -20,6 +20,7 @@ towards a commit quorum only for entries it has made durable.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -58,6 +59,15 @@ class Status:
     applied_index: int
     last_index: int
     members: Tuple[str, ...]
+
+
+def _check_non_negative(message):
+    """Terms, indexes and offsets are never negative, whatever transport brought them."""
+    for item in dataclasses.fields(message):
+        value = getattr(message, item.name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise errors.InvalidRequest(
+                f"{type(message).__name__}.{item.name} must not be negative, got {value}")
 
 
 @implementer(IRPCHandler)
@@ -362,6 +372,7 @@ class RaftCore:
         if handler is None:
             return defer.fail(errors.InvalidRequest(f"unexpected message {type(message).__name__}"))
         try:
+            _check_non_negative(message)
             return defer.maybeDeferred(handler, self, message)
         except Exception:
             return defer.fail(Failure())
