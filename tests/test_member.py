@@ -1,6 +1,8 @@
 """The member API (txraft.Raft): append from any member, errors, status, lifecycle."""
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from txraft import RaftClient, errors
@@ -273,3 +275,31 @@ def test_append_placed_by_a_deposed_leader_completes_through_the_next_one():
     assert result and isinstance(result[0], int), result
     for member_id in cluster.ids:
         assert list(cluster.clients[member_id].applied.values()).count(b"orphan") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_listening_on_port_zero_makes_the_bound_address_the_member_id():
+    from twisted.internet import reactor
+
+    from txraft.transport.amp import AMPTransport
+
+    config = RaftConfig(listen="127.0.0.41:0", heartbeat=0.05, insecure=True)
+    member = Raft(config, RecordingClient(), reactor=reactor,
+                  transport=AMPTransport.from_config(config, reactor))
+
+    async def body():
+        await member.start()
+        host, _, port = member.id.rpartition(":")
+        assert host == "127.0.0.41" and int(port) > 0
+        assert member.status().members == (member.id,)
+        index = await member.append(b"solo")
+        assert member.client.applied[index] == b"solo"
+
+    try:
+        await defer.ensureDeferred(body()).addTimeout(10, reactor)
+    finally:
+        await member.stop()
+        # Closing the listening port finishes on the next reactor turn.
+        from twisted.internet import task
+
+        await task.deferLater(reactor, 0.01, lambda: None)

@@ -108,6 +108,10 @@ class Raft:
             yield defer.maybeDeferred(opener)
         if self._transport is None:
             self._transport = self._default_transport()
+        # Listen first: with port 0 the member id is only known afterwards.
+        # Requests that arrive before the core exists are refused as Stopped.
+        listening = yield self._transport.start(self)
+        self._adopt_address(listening if isinstance(listening, str) else getattr(self._transport, "address", None))
         self.core = RaftCore(self.id, self._members, self._storage, self._transport,
                              self.client, self.reactor, self.rng, self.config)
         self.core.on_apply.append(self._on_apply)
@@ -115,8 +119,20 @@ class Raft:
         self.core.on_restore.append(self._on_restore)
         self.core.on_applied.append(self._on_applied)
         self.core.start()
-        yield self._transport.start(self.core)
         self._state = "running"
+
+    def _adopt_address(self, address):
+        """With ``listen`` on port 0, the id becomes the address actually bound."""
+        if not self.id.endswith(":0") or not isinstance(address, str) or address.endswith(":0"):
+            return
+        self._members = [address if member == self.id else member for member in self._members]
+        self.id = address
+
+    def receive(self, message):
+        """:class:`~txraft.interfaces.IRPCHandler`: hand a member RPC to the core."""
+        if self.core is None:
+            return defer.fail(errors.Stopped(f"member {self.id} is starting"))
+        return self.core.receive(message)
 
     def _default_storage(self):
         if self.config.log_dir is None:
