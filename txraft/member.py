@@ -158,13 +158,7 @@ class Raft:
         if self._state in ("stopping", "stopped"):
             return
         previous, self._state = self._state, "stopping"
-        if self.core is not None:
-            self.core.stop()
-        for pending in list(self._pending.values()):
-            self._finish(pending, errors.Stopped(f"member {self.id} stopped"))
-        waiters, self._apply_waiters = self._apply_waiters, []
-        for _, waiter in waiters:
-            waiter.errback(errors.Stopped(f"member {self.id} stopped"))
+        self._halt("stopped")
         if self._transport is not None and previous != "new":
             yield self._transport.stop()
         if self._storage is not None and previous != "new":
@@ -178,10 +172,17 @@ class Raft:
         are left to the caller.
         """
         self._state = "stopped"
+        self._halt("crashed")
+
+    def _halt(self, how):
+        """Stop the core and fail everything waiting on this member with Stopped."""
         if self.core is not None:
             self.core.stop()
         for pending in list(self._pending.values()):
-            self._finish(pending, errors.Stopped(f"member {self.id} crashed"))
+            self._finish(pending, errors.Stopped(f"member {self.id} {how}"))
+        waiters, self._apply_waiters = self._apply_waiters, []
+        for _, waiter in waiters:
+            waiter.errback(errors.Stopped(f"member {self.id} {how}"))
 
     # -- queries ---------------------------------------------------------------
 
