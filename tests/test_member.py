@@ -28,11 +28,17 @@ def settled_cluster(size=3, **kwargs):
 
 
 def test_interfaces_are_implemented():
+    from txraft.interfaces import IRPCHandler
+
     clock_storage = MemoryStorage()
     network = MemoryNetwork(None)
     verifyObject(IStorage, clock_storage)
     verifyObject(ITransport, network.transport("127.0.0.1:1"))
     verifyObject(IRaftClient, RaftClient())
+    cluster = settled_cluster()
+    member = cluster.members[cluster.ids[0]]
+    verifyObject(IRPCHandler, member)
+    verifyObject(IRPCHandler, member.core)
 
 
 def test_append_on_a_follower_is_forwarded_and_returns_the_local_apply_result():

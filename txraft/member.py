@@ -14,10 +14,12 @@ import random
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txraft import errors
 from txraft import messages as m
 from txraft.core.raft import DUPLICATE, LEADER, STOPPED, RaftCore, Status
+from txraft.interfaces import IRPCHandler
 
 
 class _Pending:
@@ -34,6 +36,7 @@ class _Pending:
         self.retry = None
 
 
+@implementer(IRPCHandler)
 class Raft:
     """
     One member of a Raft cluster.
