@@ -2,12 +2,10 @@
 Tests for :class:`txraft.storage.disk.DiskStorage`: the layout on disk,
 persistence across reopening, group commit, snapshots and crash recovery.
 
-Every test runs on the real reactor and real files; none sleeps.  The helpers
-at the top (``storages``, ``deferred_test``, ``no_leftovers``) are also used by
-the other ``tests/storage`` modules.
+Every test runs on the real reactor and real files; none sleeps.  Shared
+helpers are in ``helpers.py`` and the fixtures in ``conftest.py``.
 """
 
-import functools
 import os
 import shutil
 import sys
@@ -17,7 +15,6 @@ import tracemalloc
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
-from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from txraft import codec
@@ -26,43 +23,9 @@ from txraft.interfaces import ISnapshotSource, ISnapshotWriter, IStorage
 from txraft.messages import Entry, HardState, SnapshotMeta
 from txraft.storage import disk
 from txraft.storage.disk import DiskStorage, log_name, snapshot_name
-
-#: Seconds any one test may take before it fails instead of hanging.
-TEST_TIMEOUT = 60
+from tests.storage.helpers import TEST_TIMEOUT, deferred_test, entry, turn  # noqa: F401
 
 FIRST_LOG = "00000000000000000000.00000000000000000000.log"
-
-
-def deferred_test(f):
-    """Run ``f`` as inlineCallbacks with a time limit (pytest-twisted waits for the Deferred)."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return defer.inlineCallbacks(f)(*args, **kwargs).addTimeout(TEST_TIMEOUT, reactor)
-
-    return wrapper
-
-
-def turn():
-    """:returns: a Deferred that fires on a later reactor turn."""
-    return task.deferLater(reactor, 0, lambda: None)
-
-
-def entry(term, index, data=None):
-    return Entry(term=term, index=index, data=b"cmd%d" % index if data is None else data)
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    """Fail a test that leaves DelayedCalls or storage worker threads behind."""
-    before = set(reactor.getDelayedCalls())
-    yield
-    calls = [c for c in reactor.getDelayedCalls() if c not in before]
-    for call in calls:
-        call.cancel()
-    workers = [t.name for t in threading.enumerate() if "txraft-disk" in t.name]
-    assert not calls, f"DelayedCalls left behind: {calls}"
-    assert not workers, f"storage worker threads left running: {workers}"
 
 
 class Events:
@@ -76,31 +39,6 @@ class Events:
 
     def warnings(self):
         return [e for e in self.events if e["log_level"].name == "warn"]
-
-
-@pytest.fixture
-def storages():
-    """
-    Opens storages and closes every one of them after the test, so that no
-    worker thread outlives it.  Call as ``storage = yield storages(path, ...)``.
-    """
-    opened = []
-
-    def open_storage(log_dir, events=None, **kwargs):
-        storage = DiskStorage(log_dir, reactor=reactor, **kwargs)
-        if events is not None:
-            storage.log = Logger(observer=events)
-        opened.append(storage)
-        return storage.open()
-
-    yield open_storage
-    for storage in opened:
-        pytest_twisted.blockon(storage.close().addErrback(lambda _: None))
-
-
-@pytest.fixture
-def log_dir(tmp_path):
-    return str(tmp_path / "member")
 
 
 def files(directory):

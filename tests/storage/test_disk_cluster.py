@@ -32,7 +32,7 @@ from txraft.testing import RecordingClient
 from txraft.transport.memory import MemoryNetwork
 
 try:
-    from tests.storage.test_disk import deferred_test, no_leftovers  # noqa: F401 (fixture)
+    from tests.storage.helpers import deferred_test
 except ImportError:  # run as the member script
     pass
 

@@ -11,7 +11,7 @@ import pytest
 from txraft.messages import Entry, HardState, SnapshotMeta
 from txraft.storage.disk import DiskStorage
 from txraft.storage.memory import MemoryStorage
-from tests.storage.test_disk import deferred_test, no_leftovers, storages  # noqa: F401 (fixtures)
+from tests.storage.helpers import deferred_test
 
 
 def observe(storage):

@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from txraft.messages import HardState, SnapshotMeta
-from tests.storage.test_disk import deferred_test, entry, no_leftovers, storages, turn  # noqa: F401
+from tests.storage.helpers import deferred_test, entry, turn
 
 
 class StableStorage:

@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from txraft.interfaces import IStorage
 from txraft.messages import HardState, SnapshotMeta
 from txraft.storage.disk import DiskStorage
-from tests.storage.test_disk import deferred_test, entry, no_leftovers  # noqa: F401 (fixture)
+from tests.storage.helpers import deferred_test, entry
 
 try:
     from txraft.storage.memory import MemoryStorage
