@@ -18,7 +18,6 @@ every member counted 10, stops everything, removes the directory and exits 0.
 
 import shutil
 import socket
-import sys
 import tempfile
 
 from twisted.application.service import MultiService
