@@ -14,7 +14,7 @@ the leader's current term by counting (section 5.4.2).
 
 import pytest
 
-from txraft.core.raft import LEADER
+from txraft.messages import Role
 from txraft.testing import SafetyChecker, SafetyViolation, SimulatedCluster
 
 
@@ -35,7 +35,7 @@ def play_figure_8():
     member = cluster.members
 
     def leads(member_id):
-        return lambda: member[member_id].core.role == LEADER
+        return lambda: member[member_id].core.role is Role.LEADER
 
     cluster.wait_for_leader()
     member[s1].start_election()
@@ -71,7 +71,7 @@ def play_figure_8():
     net.isolate(s4, cluster.ids)
     member[s1].start_election()
     assert cluster.run_until(leads(s1), 1.0)
-    assert cluster.run_until(lambda: member[s1].core._progress[s3].match_index >= i, 1.0)
+    assert cluster.run_until(lambda: member[s1].core.progress_of(s3).match_index >= i, 1.0)
     x_on_majority_committed = member[s1].core.commit_index >= i
     net.isolate(s1, cluster.ids)  # before its no-op reaches S3
     cluster.crash(s1)
@@ -98,14 +98,11 @@ def test_an_old_term_entry_on_a_majority_is_not_committed_and_may_be_replaced():
 def test_the_seed_commit_rule_loses_a_committed_entry(monkeypatch):
     """With the term check removed (the seed's rule), the checker sees S5 lead
     without the entry S1 committed."""
-    import txraft.core.raft as core
+    from txraft.core import quorum, replication
 
-    def count_replicas_only(self):
-        matches = [self._own_durable] + [p.match_index for p in self._progress.values()]
-        candidate = core.quorum_index(matches)
-        if candidate > self.commit_index:
-            self._advance_commit(candidate)
+    def count_replicas_only(matches, term, storage):
+        return quorum.quorum_index(matches)
 
-    monkeypatch.setattr(core.RaftCore, "_maybe_commit", count_replicas_only)
+    monkeypatch.setattr(replication, "committable", count_replicas_only)
     with pytest.raises(SafetyViolation, match="leader completeness"):
         play_figure_8()

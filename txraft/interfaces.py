@@ -67,6 +67,60 @@ class IRaftClient(Interface):
         """
 
 
+class IRaftObserver(Interface):
+    """
+    Something that follows what the Raft core does: the member API, metrics,
+    tests.  Register one with ``RaftCore.add_observer``.  The application's
+    :meth:`IRaftClient.leader_changed` is delivered through this same
+    mechanism.
+
+    Methods run on the reactor thread, inside the core's own step: they must
+    not block and must not call back into the core.  An exception is logged
+    and does not reach the core.
+    """
+
+    def applied(entry, outcome):
+        """
+        A command entry was applied.
+
+        :param entry: the :class:`txraft.messages.Entry`.
+        :param outcome: what ``apply()`` returned, the
+            :class:`txraft.errors.ApplyError` it raised, or
+            ``txraft.core.raft.DUPLICATE`` when the session table recognised
+            the command as one applied before (and did not apply it again).
+        """
+
+    def applied_through(index):
+        """
+        A batch of entries was applied; the member has applied up to ``index``.
+
+        :param int index: the new applied index.
+        """
+
+    def leader_changed(leader, term):
+        """
+        The leader this member knows of changed.
+
+        :param str leader: the new leader's id, or ``""`` when none is known.
+        :param int term: this member's term at the change.
+        """
+
+    def restored(meta):
+        """
+        The application was restored from a snapshot (at start, or one the
+        leader sent).
+
+        :param meta: the snapshot's :class:`txraft.messages.SnapshotMeta`.
+        """
+
+    def snapshot_taken(meta):
+        """
+        A snapshot of this member's own state is durable.
+
+        :param meta: its :class:`txraft.messages.SnapshotMeta`.
+        """
+
+
 class ISnapshotWriter(Interface):
     """A snapshot being written.  Nothing of it is visible until :meth:`commit`."""
 

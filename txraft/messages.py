@@ -24,6 +24,50 @@ class EntryKind(enum.IntEnum):
     NOOP = 1
 
 
+class Role(str, enum.Enum):
+    """
+    A member's role.  The values are plain strings, so a role compares equal
+    to ``"leader"`` and renders as ``leader`` in JSON and metrics labels.
+    """
+
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    #: Stopped or crashed: the member answers nothing.
+    STOPPED = "stopped"
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
+@dataclass(frozen=True)
+class Status:
+    """
+    A member's view of the cluster at one moment.
+
+    :ivar id: this member's id.
+    :ivar role: its :class:`Role`.
+    :ivar leader: the leader it knows of, or ``""``.
+    :ivar term: its current term.
+    :ivar commit_index: highest index it knows committed.
+    :ivar applied_index: highest index it applied (``<= commit_index``).
+    :ivar last_index: last index in its log.
+    :ivar members: every member's id, sorted.
+    """
+
+    id: str
+    role: Role
+    leader: str
+    term: int
+    commit_index: int
+    applied_index: int
+    last_index: int
+    members: Tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class RequestId:
     """

@@ -11,7 +11,7 @@ Prometheus metrics of one Raft member.
 Gauges (term, role, commit/applied/last index) are read from
 ``raft.status()`` at scrape time, so they are never stale.  Counters that need
 events (leader changes, snapshots installed from the leader) come from the
-core's ``on_leader_change``, ``on_restore`` and ``on_snapshot`` hooks, attached
+core, which the metrics observe (:class:`~txraft.interfaces.IRaftObserver`)
 once the member has started.  Bytes replicated per peer are counted by
 :class:`CountingTransport`, a wrapper around the member's transport.
 
@@ -47,9 +47,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txraft import messages as m
+from txraft.core.observers import RaftObserver
 from txraft.interfaces import ITransport
+from txraft.messages import Role
 
-ROLES = ("leader", "follower", "candidate", "stopped")
+ROLES = (Role.LEADER, Role.FOLLOWER, Role.CANDIDATE, Role.STOPPED)
 
 #: Append latency buckets, seconds: from a loopback cluster (~1 ms) to the
 #: default request timeout (10 s).
@@ -89,9 +91,10 @@ class CountingTransport:
         return self.transport.stop()
 
 
-class MemberMetrics:
+class MemberMetrics(RaftObserver):
     """
-    The metrics of one member, in a registry of their own.
+    The metrics of one member, in a registry of their own.  It observes the
+    member's core for the event counters.
 
     :param raft: the :class:`txraft.member.Raft`.  Event counters attach to
         its core when it has started: at construction if it has, otherwise at
@@ -116,7 +119,7 @@ class MemberMetrics:
         self.append_failures = Counter(
             "txraft_append_failures_total", "append() calls through this member's API that failed",
             ["error"], registry=self.registry)
-        # Event counters, updated by the core's hooks once attached.
+        # Event counters, updated as an observer of the core once attached.
         self.leader_changes = 0
         self.snapshots_taken = 0
         self.snapshots_installed = 0
@@ -141,9 +144,7 @@ class MemberMetrics:
             return True
         self._core = core
         self._first_term = core.term
-        core.on_leader_change.append(self._on_leader_change)
-        core.on_restore.append(self._on_restore)
-        core.on_snapshot.append(self._on_snapshot)
+        core.add_observer(self)
         transport = getattr(core, "transport", None)
         if isinstance(transport, CountingTransport):
             self.transport = transport
@@ -153,14 +154,17 @@ class MemberMetrics:
             self.transport = core.transport = CountingTransport(transport)
         return True
 
-    def _on_leader_change(self, leader):
+    def leader_changed(self, leader, term):
+        """:class:`~txraft.interfaces.IRaftObserver`: count a newly known leader."""
         if leader:
             self.leader_changes += 1
 
-    def _on_restore(self, meta):
+    def restored(self, meta):
+        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot installed."""
         self.snapshots_installed += 1
 
-    def _on_snapshot(self, meta):
+    def snapshot_taken(self, meta):
+        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot of our own state."""
         self.snapshots_taken += 1
 
     # -- observing appends ---------------------------------------------------------
@@ -217,7 +221,7 @@ class _StatusCollector:
         yield gauge("txraft_term", "Current term", status.term)
         roles = GaugeMetricFamily("txraft_role", "1 for this member's current role", labels=["role"])
         for role in ROLES:
-            roles.add_metric([role], 1 if status.role == role else 0)
+            roles.add_metric([role.value], 1 if status.role == role else 0)
         yield roles
         yield gauge("txraft_has_leader", "1 when this member knows a leader", 1 if status.leader else 0)
         yield gauge("txraft_commit_index", "Highest log index known committed", status.commit_index)

@@ -42,13 +42,13 @@ class RecordingTransport:
         return chosen
 
 
-def make_core(member=A, members=(A, B, C), storage=None, clock=None, **config):
+def make_core(member=A, members=(A, B, C), storage=None, clock=None, rng=None, **config):
     clock = clock or Clock()
     storage = storage if storage is not None else MemoryStorage()
     settings = dict(listen=member, heartbeat=0.1, rpc_timeout=1.0)
     settings.update(config)
     core = RaftCore(member, members, storage, RecordingTransport(), RecordingClient(),
-                    clock, random.Random(0), RaftConfig(**settings))
+                    clock, rng or random.Random(0), RaftConfig(**settings))
     core.start()
     return core
 
@@ -76,3 +76,8 @@ def elect(core):
         d.callback(m.RequestVoteReply(message.term, True))
     assert core.role == "leader"
     return core
+
+
+def acknowledge(core, peer, request, match_index):
+    """Play ``peer`` answering ``request`` (an AppendEntries) with success up to ``match_index``."""
+    core.receive_reply(peer, request, m.AppendEntriesReply(request.term, True, match_index=match_index))

@@ -4,6 +4,8 @@ the rule it checks.  Several rules are ones the seed implementation broke; the
 test says so.
 """
 
+import random
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -11,7 +13,7 @@ from txraft import errors
 from txraft import messages as m
 from txraft.core.quorum import majority, quorum_index
 from txraft.storage.memory import MemoryStorage
-from tests.core.harness import A, B, C, D, E, elect, entries, make_core, result_of
+from tests.core.harness import A, B, C, D, E, acknowledge, elect, entries, make_core, result_of
 
 
 def follower_with_log(*terms, **kwargs):
@@ -114,7 +116,7 @@ def test_duplicate_vote_replies_count_once():
     requests = core.transport.take(m.RequestVote)
     reply = m.RequestVoteReply(1, True)
     requests[0][2].callback(reply)
-    core._on_vote_reply(reply, 1, requests[0][0])  # the same voter again
+    core.receive_reply(requests[0][0], requests[0][1], reply)  # the same voter again
     assert core.role == "candidate"
 
 
@@ -122,10 +124,9 @@ def test_election_timeout_is_randomized():
     """5.2: "Raft uses randomized election timeouts", here 2*heartbeat plus up to one heartbeat."""
     delays = set()
     for seed in range(20):
-        core = make_core()
-        core.rng.seed(seed)
-        core._reset_election_timer()
-        delay = core._election_call.getTime() - core.clock.seconds()
+        core = make_core(rng=random.Random(seed))
+        (timer,) = core.clock.getDelayedCalls()  # the election timer
+        delay = timer.getTime() - core.clock.seconds()
         assert 0.2 <= delay <= 0.3
         delays.add(round(delay, 6))
     assert len(delays) > 10
@@ -275,12 +276,12 @@ def test_leader_does_not_commit_an_old_term_entry_by_counting_replicas():
     core = follower_with_log(1, 2)  # entry 2 is from term 2, never committed
     core.storage.save_hard_state(m.HardState(3, ""))
     elect(core)  # term 4, no-op at index 3
-    progress = core._progress[B]
-    progress.match_index = 2  # B holds entry 2 (an old term) but not the no-op
-    core._maybe_commit()
+    # B holds entry 2 (an old term) but not the no-op.
+    acknowledge(core, B, m.AppendEntries(core.term, A, 2, 2, (), 0), match_index=2)
+    assert core.progress_of(B).match_index == 2
     assert core.commit_index == 0
-    progress.match_index = 3
-    core._maybe_commit()
+    noop = core.storage.entries(3, 4)
+    acknowledge(core, B, m.AppendEntries(core.term, A, 2, 2, tuple(noop), 0), match_index=3)
     assert core.commit_index == 3  # committing the no-op commits entry 2 with it
 
 
@@ -300,8 +301,8 @@ def test_leader_counts_itself_only_after_its_own_write_is_durable():
     clock.advance(0.06)
     core.propose(b"x", None)
     clock.advance(0)
-    core._progress[B].match_index = 2
-    core._maybe_commit()
+    acknowledge(core, B, m.AppendEntries(core.term, A, 1, core.term, tuple(core.storage.entries(2, 3)), 0),
+                match_index=2)
     assert core.commit_index == 1  # the no-op; entry 2 is not durable here yet
     clock.advance(0.05)
     assert core.commit_index == 2
@@ -334,8 +335,7 @@ def test_snapshot_chunks_out_of_order_are_refused_with_the_expected_offset():
     """Section 7: chunks are written "at given offset"; one that does not continue the
     file tells the leader where to resume, and nothing is installed until done."""
     leader = follower_with_log(1, 1, 1, snapshot_threshold=1)
-    leader.commit_index = 0
-    leader._advance_commit(3)
+    result_of(leader.receive(m.AppendEntries(1, B, 3, 1, (), 3)))  # commits and snapshots 1..3
     source = leader.storage.open_snapshot()
     data = source.read(0, source.size)
     core = make_core(member=B, members=(A, B, C))
@@ -354,10 +354,10 @@ def test_snapshot_keeps_the_log_after_a_matching_last_entry():
     """Section 7: "If existing log entry has same index and term as snapshot's last
     included entry, retain log entries following it and reply." """
     leader = follower_with_log(1, 1, snapshot_threshold=1)
-    leader._advance_commit(2)
+    result_of(leader.receive(m.AppendEntries(1, B, 2, 1, (), 2)))  # commits and snapshots 1..2
     data = leader.storage.open_snapshot().read(0, 10 ** 6)
     core = follower_with_log(1, 1, 1, 1, member=B)
-    core._become_follower(1, A)
+    result_of(core.receive(m.AppendEntries(1, A, 4, 1, (), 0)))  # A leads term 1
     result_of(core.receive(m.InstallSnapshot(1, A, 2, 1, 0, data, True)))
     assert core.storage.first_index == 3 and core.storage.last_index == 4
 

@@ -15,7 +15,7 @@ class Progress:
 
     __slots__ = (
         "peer", "next_index", "match_index", "inflight", "probing",
-        "snapshot", "snapshot_offset", "snapshot_busy", "last_reply", "acked_round",
+        "snapshot", "snapshot_offset", "snapshot_request", "last_reply", "acked_round",
     )
 
     def __init__(self, peer, next_index, now):
@@ -27,15 +27,17 @@ class Progress:
         #: ISnapshotSource being sent, or None.
         self.snapshot = None
         self.snapshot_offset = 0
-        self.snapshot_busy = False
+        #: The InstallSnapshot chunk awaiting its reply (one at a time), or None.
+        self.snapshot_request = None
         #: Clock time of the last reply in the current term (check-quorum).
         self.last_reply = now
         #: Highest heartbeat round this follower answered (ReadIndex).
         self.acked_round = 0
 
     def close_snapshot(self):
+        """Stop sending a snapshot: close its source and forget the chunk in flight."""
         if self.snapshot is not None:
             self.snapshot.close()
         self.snapshot = None
         self.snapshot_offset = 0
-        self.snapshot_busy = False
+        self.snapshot_request = None

@@ -18,7 +18,7 @@ The last one assumes commands are unique, as the random schedules make them.
 
 from __future__ import annotations
 
-from txraft.core.raft import LEADER
+from txraft.messages import Role
 
 
 class SafetyViolation(AssertionError):
@@ -66,7 +66,7 @@ class SafetyChecker:
             self._check_log_matching(cluster)
 
     def _check_leader(self, member_id, core):
-        if core.role != LEADER:
+        if core.role is not Role.LEADER:
             return
         other = self.leaders.setdefault(core.term, member_id)
         if other != member_id:

@@ -27,7 +27,7 @@ from twisted.internet.task import Clock
 
 from txraft.client import RaftClient
 from txraft.config import RaftConfig
-from txraft.core.raft import LEADER
+from txraft.messages import Role
 from txraft.member import Raft
 from txraft.storage.memory import MemoryStorage
 from txraft.transport.memory import MemoryNetwork
@@ -167,7 +167,7 @@ class SimulatedCluster:
 
     def leaders(self):
         """:returns: ids of running members that believe they lead."""
-        return [i for i in self.running() if self.members[i].core.role == LEADER]
+        return [i for i in self.running() if self.members[i].core.role is Role.LEADER]
 
     def leader(self):
         """:returns: the leader of the highest term among running members, or ``None``."""
@@ -181,11 +181,11 @@ class SimulatedCluster:
         seen = set()
         for i in self.running():
             core = self.members[i].core
-            seen.add(i if core.role == LEADER else core.leader)
+            seen.add(i if core.role is Role.LEADER else core.leader)
         if len(seen) == 1:
             (leader,) = seen
             if leader in self.members and leader not in self.crashed \
-                    and self.members[leader].core.role == LEADER:
+                    and self.members[leader].core.role is Role.LEADER:
                 return leader
         return None
 

@@ -1,0 +1,75 @@
+"""
+Snapshots of this member's own state: taking one when the log has grown past
+the threshold, and restoring the application from one.
+
+Implements Raft paper section 7 (log compaction) on the member's side: the
+snapshot holds the application's state, the session table (dissertation
+section 6.3) and the members, and is taken without stopping the core; the log
+is compacted once it is durable.  Part of :class:`~txraft.core.raft.RaftCore`;
+sending snapshots to followers is :mod:`txraft.core.snapshot_transfer`'s.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from txraft import messages as m
+from txraft.core.snapshot_header import read_header, write_header
+from txraft.messages import Role
+
+
+class Compaction:
+    """The snapshot half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
+
+    def _maybe_snapshot(self):
+        if self._snapshotting or self.role is Role.STOPPED:
+            return
+        if self.applied_index - self._snapshot_index < self._snapshot_threshold:
+            return
+        meta = m.SnapshotMeta(self.applied_index, self.storage.term_at(self.applied_index))
+        writer = self.storage.snapshot_writer(meta)
+        self._snapshotting = True
+        try:
+            write_header(writer.fileobj, self.sessions, self.members)
+            d = defer.maybeDeferred(self.client.save_snapshot, writer.fileobj)
+        except Exception:
+            d = defer.fail(Failure())
+        d.addCallback(self._commit_snapshot, writer)
+        d.addErrback(self._snapshot_failed, writer)
+
+    def _commit_snapshot(self, _, writer):
+        if self.role is Role.STOPPED or self._snapshot_index >= writer.meta.index:
+            # Stopped, or a newer snapshot came from the leader meanwhile.
+            writer.abort()
+            self._snapshotting = False
+            return None
+        d = writer.commit()
+        self._snapshot_index = writer.meta.index
+
+        def committed(_):
+            self._snapshotting = False
+            self.log.info("{member} snapshot at {index}", member=self.id, index=writer.meta.index)
+            self.observers.snapshot_taken(writer.meta)
+
+        return d.addCallback(committed)
+
+    def _snapshot_failed(self, failure, writer):
+        self._snapshotting = False
+        writer.abort()
+        self.log.failure("{member}: snapshot discarded", failure, member=self.id)
+
+    def _restore_from(self, source):
+        """Replace the application's state with ``source`` (an ISnapshotSource)."""
+        meta = source.meta
+        fileobj = source.open()
+        try:
+            self.sessions, _members = read_header(fileobj)
+            self.client.restore_snapshot(meta.index, fileobj)
+        finally:
+            fileobj.close()
+        self.applied_index = meta.index
+        self._snapshot_index = max(self._snapshot_index, meta.index)
+        self.commit_index = max(self.commit_index, meta.index)
+        self.log.info("{member} restored snapshot at {index}", member=self.id, index=meta.index)
+        self.observers.restored(meta)

@@ -1,0 +1,162 @@
+"""
+Leader election: the election timer, pre-vote, asking for votes and granting
+them.
+
+Implements Raft paper sections 5.2 (leader election) and 5.4.1 (election
+restriction: votes only for an up-to-date log), and from Ongaro's
+dissertation section 9.6 (pre-vote) and the "disruptive servers" rule of the
+paper's section 6 (leader stickiness).  Part of :class:`~txraft.core.raft.RaftCore`.
+"""
+
+from __future__ import annotations
+
+from txraft import errors
+from txraft import messages as m
+from txraft.core.roles import Candidate, PreVote
+
+
+def candidate_is_up_to_date(request, storage):
+    """
+    The election restriction (Raft paper section 5.4.1): a candidate's log is
+    at least as up-to-date as ours when its last term is later, or the same
+    with an index at least as high.
+
+    :param request: the :class:`~txraft.messages.RequestVote`.
+    :param storage: our :class:`~txraft.interfaces.IStorage`.
+    """
+    last = storage.last_index
+    return (request.last_log_term, request.last_log_index) >= (storage.term_at(last), last)
+
+
+class Election:
+    """The election half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
+
+    _election_call = None
+
+    # -- the timer -------------------------------------------------------------
+
+    def _reset_election_timer(self):
+        self._cancel_election_timer()
+        delay = self.config.election_base + self.rng.uniform(0, self.config.heartbeat)
+        self._election_call = self.clock.callLater(delay, self._on_election_timeout)
+
+    def _cancel_election_timer(self):
+        if self._election_call is not None and self._election_call.active():
+            self._election_call.cancel()
+        self._election_call = None
+
+    def _on_election_timeout(self):
+        self._election_call = None
+        if self.state.campaigns:
+            self._start_pre_vote()
+
+    def start_election(self):
+        """
+        Stand for election now, even if a leader is alive (the seed's
+        StartElection): no pre-vote, and voters set aside leader stickiness.
+
+        :raises Stopped: when the member is stopped.
+        """
+        if self.state.role is m.Role.STOPPED:
+            raise errors.Stopped(f"member {self.id} is stopped")
+        self._become_candidate(disrupt=True)
+
+    # -- pre-vote (dissertation 9.6) ----------------------------------------------
+
+    def _start_pre_vote(self):
+        """
+        Ask whether a majority would vote for us before raising the term.  A
+        member that cannot win (cut off, or with a stale log) never raises its
+        term, so when it returns it cannot force a healthy leader to step down.
+        """
+        self._set_leader("")
+        self._reset_election_timer()
+        round_ = self.state.pre_vote = PreVote(self.term + 1, self.id)
+        if len(round_.granted) >= self.quorum:
+            self._become_candidate(disrupt=False)
+            return
+        request = m.RequestVote(round_.term, self.id, self.storage.last_index,
+                                self.storage.term_at(self.storage.last_index), pre_vote=True)
+        for peer in self.peers:
+            self._send(peer, request)
+
+    def _on_pre_vote_reply(self, peer, request, reply):
+        state = self.state
+        if not state.campaigns or state.pre_vote is None or state.pre_vote.term != request.term:
+            return
+        if reply.granted:
+            state.pre_vote.granted.add(peer)
+            if len(state.pre_vote.granted) >= self.quorum:
+                self._become_candidate(disrupt=False)
+        elif reply.term > self.term:
+            # A newer term exists; following it cannot hurt anyone.
+            self._become_follower(reply.term, "")
+
+    # -- votes (5.2) -----------------------------------------------------------------
+
+    def _become_candidate(self, disrupt):
+        term = self.term + 1
+        self.storage.save_hard_state(m.HardState(term, self.id))
+        candidate = Candidate(term, self.id)
+        self._enter(candidate)
+        self._set_leader("")
+        self.log.debug("{member} campaigns in term {term}", member=self.id, term=term)
+        self._reset_election_timer()
+        request = m.RequestVote(term, self.id, self.storage.last_index,
+                                self.storage.term_at(self.storage.last_index), disrupt)
+        # The vote for ourselves must be durable before we ask for others'.
+        self.storage.durable().addCallback(lambda _: self._ask_for_votes(candidate, request))
+
+    def _ask_for_votes(self, candidate, request):
+        if self.state is not candidate:
+            return
+        if len(candidate.votes) >= self.quorum:
+            self._become_leader()
+            return
+        for peer in self.peers:
+            self._send(peer, request)
+
+    def _on_vote_reply(self, peer, request, reply):
+        if reply.term > self.term:
+            self._become_follower(reply.term, "")
+            return
+        candidate = self._role_of_term(Candidate, request.term)
+        if candidate is None or not reply.granted:
+            return
+        candidate.votes.add(peer)
+        if len(candidate.votes) >= self.quorum:
+            self._become_leader()
+
+    def _on_vote_reply_or_pre_vote(self, peer, request, reply):
+        if request.pre_vote:
+            self._on_pre_vote_reply(peer, request, reply)
+        else:
+            self._on_vote_reply(peer, request, reply)
+
+    # -- granting votes -----------------------------------------------------------------
+
+    def _heard_from_leader_recently(self):
+        return self.state.heard_from_leader_within(self.clock.seconds(), self.config.election_base)
+
+    def _handle_request_vote(self, req):
+        self._check_sender(req.candidate, "candidate")
+        if req.term < self.term:
+            return m.RequestVoteReply(self.term, False)
+        if req.pre_vote:
+            # Answer as we would vote, but change nothing.
+            free = req.term > self.term or self.voted_for in ("", req.candidate)
+            granted = (candidate_is_up_to_date(req, self.storage) and free
+                       and not self._heard_from_leader_recently())
+            return m.RequestVoteReply(self.term, granted)
+        if req.term > self.term and not req.disrupt and self._heard_from_leader_recently():
+            # We heard from a live leader moments ago: a member that lost
+            # contact must not depose it (Raft paper section 6, disruptive servers).
+            return m.RequestVoteReply(self.term, False)
+        if req.term > self.term:
+            self._become_follower(req.term, "")
+        granted = candidate_is_up_to_date(req, self.storage) and self.voted_for in ("", req.candidate)
+        if granted:
+            if self.voted_for != req.candidate:
+                self.storage.save_hard_state(m.HardState(self.term, req.candidate))
+            self._reset_election_timer()
+        return self._reply_when_durable(m.RequestVoteReply(self.term, granted))

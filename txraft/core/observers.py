@@ -1,0 +1,99 @@
+"""
+Telling the member API, metrics and the application what the core did.
+
+The core holds one :class:`Observers`, a composite
+:class:`~txraft.interfaces.IRaftObserver` that passes each event to every
+registered observer in registration order.  :class:`ClientObserver` is the
+first of them: it delivers ``leader_changed`` to the application's
+:class:`~txraft.interfaces.IRaftClient`, so that event has a single path.
+:class:`RaftObserver` is a base with every method doing nothing, for observers
+that care about a few events.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txraft.interfaces import IRaftObserver
+
+
+@implementer(IRaftObserver)
+class RaftObserver:
+    """An :class:`~txraft.interfaces.IRaftObserver` that ignores every event; subclass it."""
+
+    def applied(self, entry, outcome):
+        pass
+
+    def applied_through(self, index):
+        pass
+
+    def leader_changed(self, leader, term):
+        pass
+
+    def restored(self, meta):
+        pass
+
+    def snapshot_taken(self, meta):
+        pass
+
+
+class ClientObserver(RaftObserver):
+    """
+    Delivers leader changes to the application.
+
+    :param me: this member's id, passed to ``client.leader_changed(me, leader)``.
+    :param client: the :class:`~txraft.interfaces.IRaftClient`.
+    """
+
+    def __init__(self, me, client):
+        self.me = me
+        self.client = client
+
+    def leader_changed(self, leader, term):
+        self.client.leader_changed(self.me, leader)
+
+
+@implementer(IRaftObserver)
+class Observers:
+    """
+    Every observer of one core, notified in the order they were added.  An
+    observer that raises is logged and does not stop the others, nor the core.
+    """
+
+    log = Logger()
+
+    def __init__(self):
+        self._observers = []
+
+    def add(self, observer):
+        """Register an :class:`~txraft.interfaces.IRaftObserver` (once)."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def remove(self, observer):
+        """Stop notifying ``observer``; unknown observers are ignored."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _each(self, event, *args):
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("{observer!r}.{event}() raised", observer=observer, event=event)
+
+    def applied(self, entry, outcome):
+        self._each("applied", entry, outcome)
+
+    def applied_through(self, index):
+        self._each("applied_through", index)
+
+    def leader_changed(self, leader, term):
+        self._each("leader_changed", leader, term)
+
+    def restored(self, meta):
+        self._each("restored", meta)
+
+    def snapshot_taken(self, meta):
+        self._each("snapshot_taken", meta)

@@ -1,0 +1,73 @@
+"""
+Linearizable reads without a log write: ReadIndex.
+
+Implements Ongaro's dissertation section 6.4: the leader records its commit
+index, confirms with one heartbeat round acknowledged by a quorum that it
+still leads (shared by every read of one reactor turn), and answers once it
+has committed an entry of its own term.  A follower asks the leader for the
+index.  Part of :class:`~txraft.core.raft.RaftCore`.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from txraft import errors
+from txraft import messages as m
+from txraft.core.roles import Leader
+
+
+class Reads:
+    """The ReadIndex half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
+
+    def read_index(self):
+        """
+        Learn a commit index that includes every write acknowledged before the
+        call, from this member if it leads, otherwise from the leader it knows.
+
+        :returns: a Deferred firing with the index, once the leader has
+            confirmed with a quorum that it still leads.
+        :raises NotLeader: (through the Deferred) when no leader is known.
+        """
+        if self._role_of_term(Leader, self.term) is not None or self.state.role is m.Role.STOPPED \
+                or not self.leader:
+            return self._read_index_locally()
+        return self._call(self.leader, m.ReadIndex()).addCallback(lambda reply: reply.index)
+
+    def _read_index_locally(self):
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None:
+            return defer.fail(errors.NotLeader(self.leader))
+        d = defer.Deferred()
+        if leader.read_call is None:
+            # Reads that arrive in one reactor turn share one heartbeat round.
+            leader.round += 1
+            leader.read_call = self.clock.callLater(0, self._confirm_leadership, leader)
+        leader.reads.append((leader.round, d))
+        return d
+
+    def _handle_read_index(self, req):
+        return self._read_index_locally().addCallback(m.ReadIndexReply)
+
+    def _confirm_leadership(self, leader):
+        leader.read_call = None
+        if self.state is not leader:
+            return
+        for peer in self.peers:
+            self._send_append(leader, peer, heartbeat=True)
+        self._check_reads(leader)
+
+    def _check_reads(self, leader):
+        if not leader.reads or self.state is not leader:
+            return
+        # The leader must have committed an entry of its term first, so that
+        # its commit index is at least every earlier leader's.
+        if self.storage.term_at(self.commit_index) != leader.term:
+            return
+        acked = sorted((p.acked_round for p in leader.progress.values()), reverse=True)
+        needed = self.quorum - 1
+        confirmed = acked[needed - 1] if needed > 0 else leader.round
+        ready = [(r, d) for r, d in leader.reads if r <= confirmed]
+        leader.reads = [(r, d) for r, d in leader.reads if r > confirmed]
+        for _, d in ready:
+            d.callback(self.commit_index)

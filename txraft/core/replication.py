@@ -1,0 +1,300 @@
+"""
+Log replication: the leader sending AppendEntries and committing by counting
+replicas, and the follower accepting or refusing them.
+
+Implements Raft paper sections 5.3 (log replication, the consistency check,
+the conflict hint after Figure 8), 5.4.2 (only entries of the current term are
+committed by counting replicas) and 8 (the leader's no-op), plus the
+dissertation's check-quorum (section 6.2).  Part of
+:class:`~txraft.core.raft.RaftCore`.
+"""
+
+from __future__ import annotations
+
+from txraft import errors
+from txraft import messages as m
+from txraft.core import quorum
+from txraft.core.roles import Follower, Leader
+
+
+def committable(matches, term, storage):
+    """
+    The commit rule of Raft paper section 5.4.2 (Figure 8): the highest index
+    stored on a majority is committed only if its entry is of the leader's
+    current term; earlier entries are committed along with it.
+
+    :param matches: the highest index each member (the leader included) is
+        known to have stored durably.
+    :param int term: the leader's term.
+    :param storage: the leader's :class:`~txraft.interfaces.IStorage`.
+    :returns: the index that may be committed, or 0.
+    """
+    candidate = quorum.quorum_index(matches)
+    return candidate if storage.term_at(candidate) == term else 0
+
+
+class Replication:
+    """The replication half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
+
+    def progress_of(self, peer):
+        """
+        :returns: what this member, as leader, knows of ``peer``'s log (a
+            :class:`~txraft.core.progress.Progress`, to read only), or ``None``
+            when it does not lead.
+        """
+        leader = self._role_of_term(Leader, self.term)
+        return leader.progress.get(peer) if leader is not None else None
+
+    # -- leader: appending -------------------------------------------------------
+
+    def _place(self, command, request_id):
+        """Append a command to the leader's log. :returns: ``(term, index)``. :raises NotLeader:"""
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None:
+            raise errors.NotLeader(self.leader)
+        entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
+        self._append_own(leader, [entry])
+        return entry.term, entry.index
+
+    def _append_own(self, leader, entries):
+        self.storage.append(entries).addCallback(self._on_own_durable, leader, entries[-1].index)
+        self._schedule_broadcast(leader)
+
+    def _on_own_durable(self, _, leader, index):
+        if self.state is leader and index > leader.own_durable:
+            leader.own_durable = index
+            self._maybe_commit(leader)
+
+    def _maybe_commit(self, leader):
+        matches = [leader.own_durable] + [p.match_index for p in leader.progress.values()]
+        index = committable(matches, leader.term, self.storage)
+        if index > self.commit_index:
+            self._advance_commit(index)
+            self._schedule_broadcast(leader, commit=True)
+            self._check_reads(leader)
+
+    # -- leader: sending ----------------------------------------------------------------
+
+    def _schedule_broadcast(self, leader, commit=False):
+        """
+        Send what followers lack at the end of this reactor turn, so that
+        everything proposed in one turn travels in one batch.  With
+        ``commit``, followers that have nothing to receive still get an empty
+        request carrying the new commit index.
+        """
+        leader.commit_news = leader.commit_news or commit
+        if leader.broadcast_call is None or not leader.broadcast_call.active():
+            leader.broadcast_call = self.clock.callLater(0, self._broadcast, leader)
+
+    def _broadcast(self, leader):
+        leader.broadcast_call = None
+        commit, leader.commit_news = leader.commit_news, False
+        if self.state is not leader:
+            return
+        for peer in self.peers:
+            if not self._replicate(leader, peer) and commit:
+                self._send_append(leader, peer, heartbeat=True)
+
+    def _on_heartbeat(self, leader):
+        if self.state is not leader:
+            return
+        now = self.clock.seconds()
+        # Check quorum: a leader cut off from a majority steps down, so that
+        # clients are redirected instead of waiting on it.
+        recent = 1 + sum(1 for p in leader.progress.values()
+                         if now - p.last_reply <= self.config.election_base * 2)
+        if recent < self.quorum:
+            self.log.info("{member} lost contact with a quorum; stepping down", member=self.id)
+            self._become_follower(self.term, "")
+            return
+        leader.round += 1
+        for peer in self.peers:
+            if not self._replicate(leader, peer):
+                self._send_append(leader, peer, heartbeat=True)
+
+    def _replicate(self, leader, peer):
+        """Send what ``peer`` lacks, within the in-flight limit. :returns: whether anything was sent."""
+        progress = leader.progress.get(peer)
+        if progress is None:
+            return False
+        if progress.snapshot is not None:
+            if progress.snapshot_request is None:
+                self._send_snapshot_chunk(leader, progress)
+                return True
+            return False
+        sent = False
+        limit = 1 if progress.probing else self.config.max_inflight
+        while progress.inflight < limit and progress.next_index <= self.storage.last_index:
+            if not self._send_append(leader, peer):
+                break
+            sent = True
+            if progress.snapshot is not None or progress.probing:
+                break
+        return sent
+
+    def _send_append(self, leader, peer, heartbeat=False):
+        """Send one AppendEntries to ``peer``. :returns: whether a request went out."""
+        progress = leader.progress[peer]
+        storage = self.storage
+        prev_index = progress.next_index - 1
+        prev_term = storage.term_at(prev_index)
+        if prev_term is None or progress.next_index < storage.first_index:
+            if heartbeat:
+                return False
+            self._start_snapshot(leader, progress)
+            return True
+        entries = ()
+        if not heartbeat and progress.next_index <= storage.last_index:
+            entries = tuple(storage.entries(progress.next_index, storage.last_index + 1,
+                                            self.config.max_batch_bytes))
+        if not entries and not heartbeat:
+            return False
+        request = m.AppendEntries(leader.term, self.id, prev_index, prev_term, entries, self.commit_index)
+        if entries:
+            progress.inflight += 1
+            if not progress.probing:
+                progress.next_index = entries[-1].index + 1
+        leader.sent_rounds[id(request)] = (request, leader.round)
+        self._send(peer, request)
+        return True
+
+    # -- leader: replies -------------------------------------------------------------------
+
+    def _progress_for_reply(self, peer, request):
+        """:returns: the current leader state and ``peer``'s progress, or ``(None, None)`` for a stale reply."""
+        leader = self._role_of_term(Leader, request.term)
+        if leader is None or peer not in leader.progress:
+            return None, None
+        return leader, leader.progress[peer]
+
+    def _on_append_failure(self, peer, request, failure):
+        leader, progress = self._progress_for_reply(peer, request)
+        if leader is None:
+            return
+        leader.sent_rounds.pop(id(request), None)
+        if not request.entries:
+            return
+        progress.inflight = max(0, progress.inflight - 1)
+        # We no longer know what arrived: fall back to probing from the match point.
+        progress.probing = True
+        progress.next_index = progress.match_index + 1
+
+    def _on_append_reply(self, peer, request, reply):
+        if self._adopt_newer_term(reply):
+            return
+        leader, progress = self._progress_for_reply(peer, request)
+        if leader is None:
+            return
+        progress.last_reply = self.clock.seconds()
+        sent = leader.sent_rounds.pop(id(request), None)
+        if sent is not None and sent[0] is request:
+            progress.acked_round = max(progress.acked_round, sent[1])
+        if request.entries:
+            progress.inflight = max(0, progress.inflight - 1)
+        if reply.success:
+            if reply.match_index > progress.match_index:
+                progress.match_index = reply.match_index
+                self._maybe_commit(leader)
+            if progress.probing and request.entries:
+                progress.probing = False
+            progress.next_index = max(progress.next_index, progress.match_index + 1)
+        elif request.prev_index >= progress.match_index:
+            if reply.conflict_index and reply.conflict_index <= progress.match_index:
+                # The follower no longer holds entries it acknowledged: its
+                # disk was lost or wiped.  Stop counting them, or we would
+                # never send what it now lacks.
+                self.log.warn("{member}: {peer} lost acknowledged entries after {index}",
+                              member=self.id, peer=peer, index=reply.conflict_index - 1)
+                progress.match_index = reply.conflict_index - 1
+            progress.next_index = self._next_after_conflict(reply, request, progress)
+            progress.probing = True
+        self._check_reads(leader)
+        self._replicate(leader, peer)
+
+    def _next_after_conflict(self, reply, request, progress):
+        if reply.conflict_term:
+            # Skip past our last entry of the follower's conflicting term, if any.
+            index = min(request.prev_index, self.storage.last_index)
+            while index >= self.storage.first_index and (self.storage.term_at(index) or 0) > reply.conflict_term:
+                index -= 1
+            if self.storage.term_at(index) == reply.conflict_term:
+                candidate = index + 1
+            else:
+                candidate = reply.conflict_index
+        else:
+            candidate = reply.conflict_index or request.prev_index
+        candidate = min(candidate, request.prev_index)
+        return max(candidate, progress.match_index + 1)
+
+    # -- follower ----------------------------------------------------------------------------
+
+    def _accept_leader(self, term, leader):
+        """A valid leader of ``term`` spoke: follow it (and adopt its term)."""
+        state = self.state
+        if term > self.term or not isinstance(state, Follower) or self.leader != leader:
+            if isinstance(state, Leader) and term == self.term:
+                self._fail(f"two leaders in term {term}: {self.id} and {leader}")
+            self._become_follower(term, leader)
+        else:
+            state.leader_contact = self.clock.seconds()
+            self._reset_election_timer()
+
+    def _validate_append(self, req):
+        self._check_sender(req.leader, "leader")
+        expected = req.prev_index + 1
+        previous_term = req.prev_term
+        for entry in req.entries:
+            if entry.index != expected:
+                raise errors.InvalidRequest(
+                    f"entry index {entry.index} does not follow {expected - 1}")
+            if entry.term < previous_term or entry.term > req.term:
+                raise errors.InvalidRequest(
+                    f"entry {entry.index} has term {entry.term}, outside {previous_term}..{req.term}")
+            previous_term = entry.term
+            expected += 1
+        if req.prev_index == 0 and req.prev_term != 0:
+            raise errors.InvalidRequest("prev_term must be 0 when prev_index is 0")
+
+    def _handle_append_entries(self, req):
+        self._validate_append(req)
+        if req.term < self.term:
+            return m.AppendEntriesReply(self.term, False)
+        self._accept_leader(req.term, req.leader)
+        storage = self.storage
+        prev_index, entries = req.prev_index, req.entries
+        snapshot_index = storage.first_index - 1
+        if prev_index < snapshot_index:
+            # Entries up to our snapshot are committed and therefore match.
+            skip = snapshot_index - prev_index
+            if skip > len(entries):
+                return self._reply_when_durable(
+                    m.AppendEntriesReply(self.term, True, match_index=prev_index + len(entries)))
+            prev_index, entries = snapshot_index, entries[skip:]
+        elif prev_index > storage.last_index:
+            return self._reply_when_durable(
+                m.AppendEntriesReply(self.term, False, conflict_index=storage.last_index + 1))
+        else:
+            local = storage.term_at(prev_index)
+            if local != req.prev_term:
+                # Hint the first index of the conflicting term so the leader
+                # can skip it in one round trip.
+                first = prev_index
+                while first - 1 > snapshot_index and storage.term_at(first - 1) == local:
+                    first -= 1
+                return self._reply_when_durable(m.AppendEntriesReply(
+                    self.term, False, conflict_index=first, conflict_term=local))
+        # prev matches; find the first entry we do not already hold.
+        new = None
+        for position, entry in enumerate(entries):
+            existing = storage.term_at(entry.index)
+            if existing != entry.term:
+                if existing is not None and entry.index <= self.commit_index:
+                    self._fail(f"leader {req.leader} would overwrite committed entry {entry.index}")
+                new = entries[position:]
+                break
+        if new:
+            storage.append(new)
+        match = req.prev_index + len(req.entries)
+        if req.leader_commit > self.commit_index:
+            self._advance_commit(min(req.leader_commit, match))
+        return self._reply_when_durable(m.AppendEntriesReply(self.term, True, match_index=match))

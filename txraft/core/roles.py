@@ -1,0 +1,159 @@
+"""
+The state each Raft role keeps, and nothing else (Raft paper Figure 2, "State").
+
+A role object is created when the member enters the role and dropped when it
+leaves: :class:`Leader` holds the progress map, the heartbeat and the read
+rounds; :class:`Candidate` its votes; :class:`Follower` when it last heard a
+leader.  Timers and durability callbacks hold the role object they were made
+for and do nothing once ``core.state is not that_object``, so a callback from an
+old term cannot touch the next role's state.  Replies are matched the same way:
+a member is candidate, or leader, at most once per term, so the term of a
+request names the one role object its reply belongs to.
+
+The behaviour that differs by role is asked of the role object
+(:meth:`heard_from_leader_within`, :attr:`campaigns`, :meth:`leave`) rather
+than spelled as ``if role == ...`` in the core.
+"""
+
+from __future__ import annotations
+
+from txraft.messages import Role
+
+
+class PreVote:
+    """
+    A pre-vote round (Raft dissertation section 9.6): who said they would vote
+    for us in ``term``, which we have not yet raised our term to.
+    """
+
+    __slots__ = ("term", "granted")
+
+    def __init__(self, term, me):
+        self.term = term
+        self.granted = {me}
+
+
+class _RoleState:
+    """What every role answers; the subclasses override what differs."""
+
+    __slots__ = ()
+
+    #: The :class:`~txraft.messages.Role` this object stands for.
+    role = None
+    #: Whether an election timeout starts a (pre-)election in this role.
+    campaigns = False
+
+    def heard_from_leader_within(self, now, window):
+        """:returns: whether a live leader spoke within ``window`` seconds (leader stickiness)."""
+        return False
+
+    def leave(self, error):
+        """
+        Release what the role holds (timers, snapshot sources, waiting reads).
+
+        :param error: the exception waiting reads fail with.
+        """
+
+
+class Follower(_RoleState):
+    """
+    A follower.
+
+    :ivar leader_contact: clock time a valid leader was last heard from, or
+        ``None``.
+    :ivar pre_vote: the :class:`PreVote` round under way, or ``None``.
+    """
+
+    __slots__ = ("leader_contact", "pre_vote")
+    role = Role.FOLLOWER
+    campaigns = True
+
+    def __init__(self, leader_contact=None):
+        self.leader_contact = leader_contact
+        self.pre_vote = None
+
+    def heard_from_leader_within(self, now, window):
+        return self.leader_contact is not None and now - self.leader_contact < window
+
+
+class Candidate(_RoleState):
+    """
+    A candidate of ``term``.
+
+    :ivar votes: members that granted their vote in ``term``, this one included.
+    :ivar pre_vote: a :class:`PreVote` round begun after this candidacy timed out.
+    """
+
+    __slots__ = ("term", "votes", "pre_vote")
+    role = Role.CANDIDATE
+    campaigns = True
+
+    def __init__(self, term, me):
+        self.term = term
+        self.votes = {me}
+        self.pre_vote = None
+
+
+class Leader(_RoleState):
+    """
+    The leader of ``term``.
+
+    Invariant: ``own_durable <= storage.last_index``; only entries up to
+    ``own_durable`` count this member towards a commit quorum.
+
+    :ivar progress: peer id -> :class:`~txraft.core.progress.Progress`.
+    :ivar own_durable: highest own entry known durable in this term.
+    :ivar heartbeat: the ``LoopingCall`` sending heartbeats.
+    :ivar broadcast_call: the end-of-turn broadcast scheduled, or ``None``.
+    :ivar commit_news: the next broadcast must carry a new commit index.
+    :ivar round: the heartbeat round (ReadIndex); grows by one per round.
+    :ivar sent_rounds: ``id(request)`` -> ``(request, round)`` for each
+        AppendEntries awaiting its reply; the request is kept so its id cannot
+        be reused meanwhile.
+    :ivar reads: ``[(round, Deferred)]`` waiting for a quorum to confirm ``round``.
+    :ivar read_call: the end-of-turn leadership check scheduled, or ``None``.
+    """
+
+    __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
+                 "round", "sent_rounds", "reads", "read_call")
+    role = Role.LEADER
+
+    def __init__(self, term, progress):
+        self.term = term
+        self.progress = progress
+        self.own_durable = 0
+        self.heartbeat = None
+        self.broadcast_call = None
+        self.commit_news = False
+        self.round = 0
+        self.sent_rounds = {}
+        self.reads = []
+        self.read_call = None
+
+    def heard_from_leader_within(self, now, window):
+        return True
+
+    def fail_reads(self, error):
+        """Fail every waiting read with ``error``."""
+        reads, self.reads = self.reads, []
+        for _, d in reads:
+            d.errback(error)
+
+    def leave(self, error):
+        if self.heartbeat is not None and self.heartbeat.running:
+            self.heartbeat.stop()
+        for call in (self.broadcast_call, self.read_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.heartbeat = self.broadcast_call = self.read_call = None
+        for progress in self.progress.values():
+            progress.close_snapshot()
+        self.sent_rounds = {}
+        self.fail_reads(error)
+
+
+class Stopped(_RoleState):
+    """A stopped (or crashed) member: it answers nothing and starts nothing."""
+
+    __slots__ = ()
+    role = Role.STOPPED

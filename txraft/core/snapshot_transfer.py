@@ -1,0 +1,120 @@
+"""
+Sending a snapshot to a follower that lacks compacted entries, and receiving
+one from the leader, in offset-addressed chunks (InstallSnapshot).
+
+Implements Raft paper section 7 (log compaction: InstallSnapshot, Figure 13)
+with one chunk in flight per follower, resumed where the follower says it
+stopped.  Part of :class:`~txraft.core.raft.RaftCore`; taking and restoring
+snapshots is :mod:`txraft.core.compaction`'s.
+"""
+
+from __future__ import annotations
+
+from txraft import messages as m
+
+
+class SnapshotTransfer:
+    """The snapshot-transfer half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
+
+    #: ``[writer, next_offset]`` of a snapshot being received, or ``None``.
+    _incoming = None
+
+    # -- leader ----------------------------------------------------------------
+
+    def _start_snapshot(self, leader, progress):
+        source = self.storage.open_snapshot()
+        if source is None:
+            self._fail(f"log compacted below {self.storage.first_index} but no snapshot exists")
+        progress.close_snapshot()
+        progress.snapshot = source
+        progress.snapshot_offset = 0
+        self.log.info("{member} sends snapshot {index} to {peer}", member=self.id,
+                      index=source.meta.index, peer=progress.peer)
+        self._send_snapshot_chunk(leader, progress)
+
+    def _send_snapshot_chunk(self, leader, progress):
+        source = progress.snapshot
+        offset = progress.snapshot_offset
+        data = source.read(offset, self.config.snapshot_chunk)
+        done = offset + len(data) >= source.size
+        request = m.InstallSnapshot(leader.term, self.id, source.meta.index, source.meta.term,
+                                    offset, data, done)
+        progress.snapshot_request = request
+        self._send(progress.peer, request)
+
+    def _snapshot_progress(self, peer, request):
+        """:returns: the leader and ``peer``'s progress when ``request`` is the chunk in flight, else ``(None, None)``."""
+        leader, progress = self._progress_for_reply(peer, request)
+        if progress is None or progress.snapshot_request is not request:
+            return None, None
+        return leader, progress
+
+    def _on_snapshot_failure(self, peer, request, failure):
+        leader, progress = self._snapshot_progress(peer, request)
+        if progress is not None:
+            # Resume at the next heartbeat; the follower says where.
+            progress.snapshot_request = None
+
+    def _on_snapshot_reply(self, peer, request, reply):
+        if self._adopt_newer_term(reply):
+            return
+        leader, progress = self._progress_for_reply(peer, request)
+        if progress is None:
+            return
+        progress.last_reply = self.clock.seconds()
+        if progress.snapshot_request is not request:
+            return
+        progress.snapshot_request = None
+        end = request.offset + len(request.data)
+        if request.done and reply.next_offset >= end:
+            progress.close_snapshot()
+            progress.match_index = max(progress.match_index, request.last_index)
+            progress.next_index = progress.match_index + 1
+            progress.probing = True
+            self._maybe_commit(leader)
+            self._replicate(leader, peer)
+            return
+        progress.snapshot_offset = min(reply.next_offset, progress.snapshot.size)
+        self._send_snapshot_chunk(leader, progress)
+
+    # -- follower --------------------------------------------------------------------
+
+    def _drop_incoming(self):
+        if self._incoming is not None:
+            self._incoming[0].abort()
+            self._incoming = None
+
+    def _handle_install_snapshot(self, req):
+        self._check_sender(req.leader, "leader")
+        if req.term < self.term:
+            return m.InstallSnapshotReply(self.term, 0)
+        self._accept_leader(req.term, req.leader)
+        meta = m.SnapshotMeta(req.last_index, req.last_term)
+        if req.last_index <= self.applied_index:
+            # Nothing in it we lack; tell the leader it is done.
+            if self._incoming is not None and self._incoming[0].meta == meta:
+                self._drop_incoming()
+            return m.InstallSnapshotReply(self.term, req.offset + len(req.data))
+        if req.offset == 0:
+            self._drop_incoming()
+            self._incoming = [self.storage.snapshot_writer(meta), 0]
+        incoming = self._incoming
+        if incoming is None or incoming[0].meta != meta or incoming[1] != req.offset:
+            # Out of sequence: tell the leader where to resume.
+            expected = incoming[1] if incoming is not None and incoming[0].meta == meta else 0
+            return m.InstallSnapshotReply(self.term, expected)
+        incoming[0].fileobj.write(req.data)
+        incoming[1] += len(req.data)
+        if not req.done:
+            return m.InstallSnapshotReply(self.term, incoming[1])
+        self._incoming = None
+        writer = incoming[0]
+        done = writer.commit()
+        source = self.storage.open_snapshot()
+        try:
+            self._restore_from(source)
+        finally:
+            source.close()
+        self._apply_committed()
+        reply = m.InstallSnapshotReply(self.term, incoming[1])
+        return done.addCallback(lambda _: reply)
