@@ -265,27 +265,6 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
             return True
         return False
 
-    # -- proposals -----------------------------------------------------------
-
-    def propose(self, command, request_id):
-        """
-        Append a client command to the log: here if this member leads,
-        otherwise through the leader it knows (a ForwardAppend request).
-
-        :param bytes command: the command.
-        :param request_id: its :class:`~txraft.messages.RequestId`, or ``None``.
-        :returns: a Deferred firing with ``(term, index)`` where the leader
-            placed the command (at once on the leader).
-        :raises NotLeader: (through the Deferred) when no leader is known, or
-            the one asked no longer leads.
-        """
-        if self._role_of_term(Leader, self.term) is not None:
-            return defer.succeed(self._place(command, request_id))
-        if not self.leader or self.role is Role.STOPPED:
-            return defer.fail(errors.NotLeader(self.leader))
-        d = self._call(self.leader, m.ForwardAppend(command, request_id))
-        return d.addCallback(lambda reply: (reply.term, reply.index))
-
     # -- sending and replies -------------------------------------------------------------
 
     def _call(self, peer, request):

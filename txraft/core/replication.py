@@ -1,5 +1,6 @@
 """
-Log replication: the leader sending AppendEntries and committing by counting
+Log replication: placing client commands in the leader's log (a follower
+forwards them), the leader sending AppendEntries and committing by counting
 replicas, and the follower accepting or refusing them.
 
 Implements Raft paper sections 5.3 (log replication, the consistency check,
@@ -10,6 +11,8 @@ dissertation's check-quorum (section 6.2).  Part of
 """
 
 from __future__ import annotations
+
+from twisted.internet import defer
 
 from txraft import errors
 from txraft import messages as m
@@ -46,6 +49,25 @@ class Replication:
         return leader.progress.get(peer) if leader is not None else None
 
     # -- leader: appending -------------------------------------------------------
+
+    def propose(self, command, request_id):
+        """
+        Append a client command to the log: here if this member leads,
+        otherwise through the leader it knows (a ForwardAppend request).
+
+        :param bytes command: the command.
+        :param request_id: its :class:`~txraft.messages.RequestId`, or ``None``.
+        :returns: a Deferred firing with ``(term, index)`` where the leader
+            placed the command (at once on the leader).
+        :raises NotLeader: (through the Deferred) when no leader is known, or
+            the one asked no longer leads.
+        """
+        if self._role_of_term(Leader, self.term) is not None:
+            return defer.succeed(self._place(command, request_id))
+        if not self.leader or self.role is m.Role.STOPPED:
+            return defer.fail(errors.NotLeader(self.leader))
+        d = self._call(self.leader, m.ForwardAppend(command, request_id))
+        return d.addCallback(lambda reply: (reply.term, reply.index))
 
     def _place(self, command, request_id):
         """Append a command to the leader's log. :returns: ``(term, index)``. :raises NotLeader:"""
