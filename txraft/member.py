@@ -22,6 +22,7 @@ from zope.interface import implementer
 from txraft import defaults, errors
 from txraft.core.observers import RaftObserver
 from txraft.core.raft import RaftCore
+from txraft.core.waiters import Waiters
 from txraft.interfaces import IRPCHandler
 from txraft.messages import Role, Status
 from txraft.proposals import Proposals
@@ -31,27 +32,10 @@ class _AppliedWaiters(RaftObserver):
     """Deferreds waiting for this member to apply up to an index (for reads)."""
 
     def __init__(self):
-        self._waiters = []  # [(index, Deferred)]
-
-    def wait(self, index):
-        """:returns: a Deferred firing once ``index`` is applied."""
-        waiter = defer.Deferred()
-        self._waiters.append((index, waiter))
-        return waiter
-
-    def fail(self, error):
-        """Fail every waiter with ``error``."""
-        waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
-            waiter.errback(error)
+        self.waiting = Waiters()
 
     def applied_through(self, index):
-        if not self._waiters:
-            return
-        ready = [w for w in self._waiters if w[0] <= index]
-        self._waiters = [w for w in self._waiters if w[0] > index]
-        for _, waiter in ready:
-            waiter.callback(index)
+        self.waiting.release_through(index, index)
 
 
 @implementer(IRPCHandler)
@@ -184,7 +168,7 @@ class Raft:
             self.core.stop()
         if self._proposals is not None:
             self._proposals.stop(errors.Stopped(f"member {self.id} {how}"))
-        self._applied_waiters.fail(errors.Stopped(f"member {self.id} {how}"))
+        self._applied_waiters.waiting.fail(errors.Stopped(f"member {self.id} {how}"))
 
     # -- queries ---------------------------------------------------------------
 
@@ -222,7 +206,7 @@ class Raft:
                     raise errors.NoQuorum("no leader confirmed a read point in time")
                 yield self._sleep(self.config.heartbeat)
         if self.core.applied_index < index:
-            waiter = self._applied_waiters.wait(index)
+            waiter = self._applied_waiters.waiting.wait(index)
             waiter.addTimeout(max(deadline - self.reactor.seconds(), 0), self.reactor)
             try:
                 yield waiter

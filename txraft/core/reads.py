@@ -38,13 +38,11 @@ class Reads:
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             return defer.fail(errors.NotLeader(self.leader))
-        d = defer.Deferred()
         if leader.read_call is None:
             # Reads that arrive in one reactor turn share one heartbeat round.
             leader.round += 1
             leader.read_call = self.clock.callLater(0, self._confirm_leadership, leader)
-        leader.reads.append((leader.round, d))
-        return d
+        return leader.reads.wait(leader.round)
 
     def _handle_read_index(self, req):
         return self._read_index_locally().addCallback(m.ReadIndexReply)
@@ -67,7 +65,4 @@ class Reads:
         acked = sorted((p.acked_round for p in leader.progress.values()), reverse=True)
         needed = self.quorum - 1
         confirmed = acked[needed - 1] if needed > 0 else leader.round
-        ready = [(r, d) for r, d in leader.reads if r <= confirmed]
-        leader.reads = [(r, d) for r, d in leader.reads if r > confirmed]
-        for _, d in ready:
-            d.callback(self.commit_index)
+        leader.reads.release_through(confirmed, self.commit_index)

@@ -182,12 +182,24 @@ class Replication:
 
     # -- leader: replies -------------------------------------------------------------------
 
-    def _progress_for_reply(self, peer, request):
-        """:returns: the current leader state and ``peer``'s progress, or ``(None, None)`` for a stale reply."""
+    def _progress_for_reply(self, peer, request, reply=None):
+        """
+        Find what a reply (or failure) to ``request`` is about; a ``reply`` of
+        a later term makes us follow it, and one in time counts as contact
+        (check quorum).
+
+        :returns: the current leader state and ``peer``'s progress, or
+            ``(None, None)`` for a stale request or after stepping down.
+        """
+        if reply is not None and self._adopt_newer_term(reply):
+            return None, None
         leader = self._role_of_term(Leader, request.term)
         if leader is None or peer not in leader.progress:
             return None, None
-        return leader, leader.progress[peer]
+        progress = leader.progress[peer]
+        if reply is not None:
+            progress.last_reply = self.clock.seconds()
+        return leader, progress
 
     def _on_append_failure(self, peer, request, failure):
         leader, progress = self._progress_for_reply(peer, request)
@@ -202,12 +214,9 @@ class Replication:
         progress.next_index = progress.match_index + 1
 
     def _on_append_reply(self, peer, request, reply):
-        if self._adopt_newer_term(reply):
-            return
-        leader, progress = self._progress_for_reply(peer, request)
+        leader, progress = self._progress_for_reply(peer, request, reply)
         if leader is None:
             return
-        progress.last_reply = self.clock.seconds()
         sent = leader.sent_rounds.pop(id(request), None)
         if sent is not None and sent[0] is request:
             progress.acked_round = max(progress.acked_round, sent[1])

@@ -17,6 +17,7 @@ than spelled as ``if role == ...`` in the core.
 
 from __future__ import annotations
 
+from txraft.core.waiters import Waiters
 from txraft.messages import Role
 
 
@@ -110,7 +111,8 @@ class Leader(_RoleState):
     :ivar sent_rounds: ``id(request)`` -> ``(request, round)`` for each
         AppendEntries awaiting its reply; the request is kept so its id cannot
         be reused meanwhile.
-    :ivar reads: ``[(round, Deferred)]`` waiting for a quorum to confirm ``round``.
+    :ivar reads: :class:`~txraft.core.waiters.Waiters` for rounds a quorum has
+        yet to confirm.
     :ivar read_call: the end-of-turn leadership check scheduled, or ``None``.
     """
 
@@ -127,17 +129,11 @@ class Leader(_RoleState):
         self.commit_news = False
         self.round = 0
         self.sent_rounds = {}
-        self.reads = []
+        self.reads = Waiters()
         self.read_call = None
 
     def heard_from_leader_within(self, now, window):
         return True
-
-    def fail_reads(self, error):
-        """Fail every waiting read with ``error``."""
-        reads, self.reads = self.reads, []
-        for _, d in reads:
-            d.errback(error)
 
     def leave(self, error):
         if self.heartbeat is not None and self.heartbeat.running:
@@ -149,7 +145,7 @@ class Leader(_RoleState):
         for progress in self.progress.values():
             progress.close_snapshot()
         self.sent_rounds = {}
-        self.fail_reads(error)
+        self.reads.fail(error)
 
 
 class Stopped(_RoleState):

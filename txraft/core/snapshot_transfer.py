@@ -42,27 +42,15 @@ class SnapshotTransfer:
         progress.snapshot_request = request
         self._send(progress.peer, request)
 
-    def _snapshot_progress(self, peer, request):
-        """:returns: the leader and ``peer``'s progress when ``request`` is the chunk in flight, else ``(None, None)``."""
-        leader, progress = self._progress_for_reply(peer, request)
-        if progress is None or progress.snapshot_request is not request:
-            return None, None
-        return leader, progress
-
     def _on_snapshot_failure(self, peer, request, failure):
-        leader, progress = self._snapshot_progress(peer, request)
-        if progress is not None:
+        leader, progress = self._progress_for_reply(peer, request)
+        if progress is not None and progress.snapshot_request is request:
             # Resume at the next heartbeat; the follower says where.
             progress.snapshot_request = None
 
     def _on_snapshot_reply(self, peer, request, reply):
-        if self._adopt_newer_term(reply):
-            return
-        leader, progress = self._progress_for_reply(peer, request)
-        if progress is None:
-            return
-        progress.last_reply = self.clock.seconds()
-        if progress.snapshot_request is not request:
+        leader, progress = self._progress_for_reply(peer, request, reply)
+        if progress is None or progress.snapshot_request is not request:
             return
         progress.snapshot_request = None
         end = request.offset + len(request.data)
