@@ -133,7 +133,7 @@ class MemberMetrics(RaftObserver):
 
     def attach(self):
         """
-        Hook into the member's core if it has started and is not hooked yet.
+        Observe the member's core if it has started and is not observed yet.
 
         :returns: whether the metrics are attached.
         """

@@ -213,7 +213,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
     def _enter(self, state, error=None):
         """Make ``state`` the current role object; the previous role releases what it held."""
         previous, self.state = self.state, state
-        previous.leave(error if error is not None else errors.NotLeader(self.leader))
+        previous.leave(error if error is not None else errors.NotLeader(""))
 
     def _role_of_term(self, kind, term):
         """:returns: the current role object if it is a ``kind`` of ``term``, else ``None``."""
@@ -230,10 +230,9 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         """Step down (or stay) as follower of ``term``; persists the term if it is new."""
         if term > self.term:
             self.storage.save_hard_state(m.HardState(term, ""))
-        previous = self.state
         # When we last heard a leader outlives a change of term as follower
         # (leader stickiness), not a candidacy or a leadership.
-        contact = self.clock.seconds() if leader else getattr(previous, "leader_contact", None)
+        contact = self.clock.seconds() if leader else self.state.leader_contact
         self._enter(Follower(contact), errors.NotLeader(leader))
         self._set_leader(leader)
         if leader or self._election_call is None or not self._election_call.active():

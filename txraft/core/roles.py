@@ -43,6 +43,8 @@ class _RoleState:
     role = None
     #: Whether an election timeout starts a (pre-)election in this role.
     campaigns = False
+    #: Clock time a valid leader was last heard from (followers only).
+    leader_contact = None
 
     def heard_from_leader_within(self, now, window):
         """:returns: whether a live leader spoke within ``window`` seconds (leader stickiness)."""
