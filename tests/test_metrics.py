@@ -4,7 +4,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from zope.interface.verify import verifyObject
 
 from txraft import errors
-from txraft.interfaces import ITransport
+from txraft.interfaces import IRaftObserver, ITransport
 from txraft.kv import KeyValueClient, KeyValueStore
 from txraft.metrics import CountingTransport, MemberMetrics
 from txraft.testing import SimulatedCluster
@@ -41,6 +41,7 @@ def test_counting_transport_is_a_transport():
 def test_exposition_parses_and_every_name_is_prefixed():
     cluster = settled()
     metrics = MemberMetrics(cluster.members[cluster.ids[0]])
+    verifyObject(IRaftObserver, metrics)
     families = list(text_string_to_metric_families(metrics.render().decode()))
     names = {f.name for f in families}
     assert all(name.startswith("txraft_") for name in names)

@@ -11,6 +11,7 @@ from txraft import errors
 from txraft import messages as m
 from txraft.core.observers import Observers, RaftObserver
 from txraft.interfaces import IRaftObserver
+from txraft.proposals import Proposals
 from tests.core.harness import A, B, C, acknowledge, elect, make_core, result_of
 
 
@@ -32,6 +33,7 @@ def test_observer_implementations_provide_the_interface():
     verifyObject(IRaftObserver, RaftObserver())
     verifyObject(IRaftObserver, Observers())
     verifyObject(IRaftObserver, Recorder())
+    verifyObject(IRaftObserver, Proposals(make_core(), None, None, "session"))
 
 
 def test_a_reply_to_an_earlier_leadership_changes_nothing():
