@@ -54,6 +54,9 @@ class ClientObserver(RaftObserver):
         self.client.leader_changed(self.me, leader)
 
 
+_EVENTS = ("applied", "applied_through", "leader_changed", "restored", "snapshot_taken")
+
+
 @implementer(IRaftObserver)
 class Observers:
     """
@@ -65,23 +68,37 @@ class Observers:
 
     def __init__(self):
         self._observers = []
+        self._rebuild()
 
     def add(self, observer):
         """Register an :class:`~txraft.interfaces.IRaftObserver` (once)."""
         if observer not in self._observers:
             self._observers.append(observer)
+            self._rebuild()
 
     def remove(self, observer):
         """Stop notifying ``observer``; unknown observers are ignored."""
         if observer in self._observers:
             self._observers.remove(observer)
+            self._rebuild()
+
+    def _rebuild(self):
+        # Bound methods per event, leaving out RaftObserver's do-nothing ones:
+        # applied() runs once per entry, so the core should not pay for
+        # observers that ignore it.  A new list each time, so notifying never
+        # sees a list change under it.
+        self._methods = {
+            event: [getattr(o, event) for o in self._observers
+                    if getattr(type(o), event, None) is not getattr(RaftObserver, event)]
+            for event in _EVENTS
+        }
 
     def _each(self, event, *args):
-        for observer in list(self._observers):
+        for method in self._methods[event]:
             try:
-                getattr(observer, event)(*args)
+                method(*args)
             except Exception:
-                self.log.failure("{observer!r}.{event}() raised", observer=observer, event=event)
+                self.log.failure("{method!r} raised", method=method)
 
     def applied(self, entry, outcome):
         self._each("applied", entry, outcome)
