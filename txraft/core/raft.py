@@ -20,6 +20,7 @@ one class because they share one member's state:
 :mod:`txraft.core.reads`                    ReadIndex (dissertation 6.4)
 :mod:`txraft.core.observers`                telling the member API, metrics and the
                                             application what happened
+:mod:`txraft.core.waiters`                  Deferreds waiting for a round or an index
 :mod:`txraft.core.progress`,                the leader's view of a follower; majorities;
 :mod:`~txraft.core.quorum`,                 the session table; the snapshot header
 :mod:`~txraft.core.sessions`,
