@@ -25,12 +25,13 @@ from .bad_commands import BadlyTypedVote, Bogus, RawEntries
 from .conftest import Recorder
 
 KiB = 1024
+LIMIT = fragments.MAX_MESSAGE_BYTES
 
 
 class Pair:
     """A client and a server MemberProtocol joined in memory."""
 
-    def __init__(self, handler=None, server_limit=fragments.MAX_MESSAGE_BYTES, client_limit=fragments.MAX_MESSAGE_BYTES):
+    def __init__(self, handler=None, server_limit=LIMIT, client_limit=LIMIT):
         self.handler = handler or Recorder()
         server_context = MemberContext(None, server_limit)
         server_context.handler = self.handler
@@ -198,7 +199,7 @@ def test_a_box_amp_cannot_parse_gets_an_error_and_closes_the_connection(command,
 
 def on_string_transport(side, handler=None):
     """:returns: a MemberProtocol connected to a StringTransport, and the transport."""
-    context = MemberContext(None, fragments.MAX_MESSAGE_BYTES)
+    context = MemberContext(None, LIMIT)
     context.handler = handler
     protocol = MemberProtocol(context, side)
     transport = StringTransport()

@@ -407,7 +407,6 @@ class AMPTransport:
 
     :ivar address: the member id, ``host:port``; after :meth:`start` it has the
         port actually bound.
-    :ivar handler: the :class:`~txraft.interfaces.IRPCHandler` given to :meth:`start`.
     :raises ConfigurationError: for a bad address or unreadable TLS files.
     """
 
@@ -480,6 +479,7 @@ class AMPTransport:
 
     @property
     def handler(self):
+        """The :class:`~txraft.interfaces.IRPCHandler` given to :meth:`start`; ``None`` after :meth:`stop`."""
         return self._context.handler
 
     # -- ITransport --------------------------------------------------------------
