@@ -1,22 +1,59 @@
 """
-The one binary encoding of txraft's values, shared by the disk log and the
-network transport.
+The one schema and the one binary encoding of txraft's values, shared by the
+disk log, the snapshot header and the network transport.
 
-Values are encoded with msgpack as small tagged arrays.  msgpack was chosen
-over pickle because decoding must never run code taken from a file or a
-socket, and over JSON because commands and snapshot chunks are bytes.
-:func:`decode` checks every field's type and raises :class:`ValueError`
-naming what is wrong, so malformed input cannot build a malformed message.
+**The schema.**  Every value type of :mod:`txraft.messages` that is stored or
+sent has a tag (:data:`TAGS`) and a list of fields, :func:`fields`, read from
+its dataclass: the fields in declaration order, each of a :class:`Kind`
+chosen by its annotation (``int`` is :data:`UINT`, ``bytes`` is
+:data:`BYTES`, ...).  Adding a field to a message therefore changes the disk
+encoding, the AMP command arguments (:mod:`txraft.transport.arguments`) and
+the checks together, and nothing else has to be edited.
+
+**The checks.**  Each kind turns a value into its *wire form* (what msgpack
+or an AMP argument carries) and back; the way back checks the wire form (type,
+non-negative integers, array lengths, known enum values) and raises
+:class:`ValueError` naming the field.  :func:`from_wire` and
+:func:`from_fields` are the only ways from wire forms to messages, so
+malformed input from a file or a socket can never build a malformed message.
+
+**The encoding.**  Values are msgpack arrays: the tag, then the fields' wire
+forms.  msgpack was chosen over pickle because decoding must never run code
+taken from a file or a socket, and over JSON because commands and snapshot
+chunks are bytes::
+
+    >>> encode(m.HardState(term=5, voted_for="127.0.0.1:7001"))
+    b'\\x93\\x02\\x05\\xae127.0.0.1:7001'
+    >>> decode(_) == m.HardState(5, "127.0.0.1:7001")
+    True
+
+The snapshot header (:func:`encode_snapshot_header`) is the few bytes txraft
+writes before the application's data in every snapshot: the session table and
+the member list.
 """
 
 from __future__ import annotations
+
+import functools
+import operator
+import struct
+import typing
+from dataclasses import dataclass
+from dataclasses import fields as _dataclass_fields
+from typing import Any, Callable, Mapping, Tuple
 
 import msgpack
 
 from txraft import messages as m
 
+__all__ = [
+    "Kind", "UINT", "TEXT", "FLAG", "BYTES", "TEXTS", "ENTRY_KIND", "REQUEST_ID", "OPTIONAL_REQUEST_ID", "ENTRIES",
+    "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
+    "SNAPSHOT_HEADER_MAGIC", "encode_snapshot_header", "decode_snapshot_header",
+]
+
 # Tags are part of the on-disk and on-wire format: never renumber them.
-_TAGS = {
+TAGS = {
     m.Entry: 1,
     m.HardState: 2,
     m.SnapshotMeta: 3,
@@ -35,169 +72,239 @@ _TAGS = {
     m.ReadIndex: 22,
     m.ReadIndexReply: 23,
 }
-_TYPES = {tag: cls for cls, tag in _TAGS.items()}
+_TYPES = {tag: cls for cls, tag in TAGS.items()}
 
 
-def _request_id_to_wire(rid):
-    if rid is None:
-        return None
+# -- kinds of field ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """
+    How one kind of field travels.
+
+    :ivar name: a short name, for messages and for choosing an AMP argument.
+    :ivar dump: value -> wire form (msgpack-ready).  It does not check: values
+        built in this process are trusted.
+    :ivar load: ``(wire form, field name)`` -> value; raises
+        :class:`ValueError` naming the field when the wire form is malformed.
+    """
+
+    name: str
+    dump: Callable[[Any], Any]
+    load: Callable[[Any, str], Any]
+
+
+def _same(value):
+    return value
+
+
+def _load_uint(value, what):
+    # bool is an int subclass, but True is not a term.
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    return value
+
+
+def _typed(expected, description):
+    def load(value, what):
+        if type(value) is not expected:
+            raise ValueError(f"{what} must be {description}, got {type(value).__name__}")
+        return value
+
+    return load
+
+
+def _load_texts(value, what):
+    if type(value) is not list or not all(type(item) is str for item in value):
+        raise ValueError(f"{what} must be a list of strings")
+    return tuple(value)
+
+
+def _load_entry_kind(value, what):
+    try:
+        return m.EntryKind(value)
+    except ValueError:
+        raise ValueError(f"{what}: unknown entry kind {value!r:.40}") from None
+
+
+def _dump_request_id(rid):
+    # Nested records travel without a tag: their field says what they are.
     return [rid.session, rid.seq, rid.lowest_pending]
 
 
-def _request_id_from_wire(raw):
-    if raw is None:
-        return None
-    if not (isinstance(raw, list) and len(raw) == 3):
-        raise ValueError(f"request id must be [session, seq, lowest_pending], got {raw!r}")
-    session, seq, lowest = raw
-    _check(isinstance(session, str), "request id session must be a string")
-    _check_int(seq, "request id seq")
-    _check_int(lowest, "request id lowest_pending")
-    return m.RequestId(session, seq, lowest)
+def _load_request_id(value, what):
+    return _load_record(m.RequestId, value, what)
 
 
-def _entry_to_wire(entry):
-    return [entry.term, entry.index, int(entry.kind), entry.data, _request_id_to_wire(entry.request_id)]
+def _load_optional_request_id(value, what):
+    return None if value is None else _load_record(m.RequestId, value, what)
 
 
-def _entry_from_wire(raw):
-    if not (isinstance(raw, list) and len(raw) == 5):
-        raise ValueError(f"an entry must be [term, index, kind, data, request_id], got {raw!r:.80}")
-    term, index, kind, data, rid = raw
-    _check_int(term, "entry term")
-    _check_int(index, "entry index")
-    try:
-        kind = m.EntryKind(kind)
-    except ValueError:
-        raise ValueError(f"unknown entry kind {kind!r}")
-    _check(isinstance(data, bytes), "entry data must be bytes")
-    return m.Entry(term, index, kind, data, _request_id_from_wire(rid))
+def _dump_entries(entries):
+    return [to_wire(entry) for entry in entries]
 
 
-def _check(condition, message):
-    if not condition:
-        raise ValueError(message)
+def _load_entries(value, what):
+    if type(value) is not list:
+        raise ValueError(f"{what} must be a list")
+    # Inlined _load_record: batches of thousands of entries pass through here.
+    tag, loaders, entry = TAGS[m.Entry], _LOADERS[m.Entry], m.Entry
+    size = len(loaders) + 1
+    entries = []
+    for item in value:
+        if type(item) is not list or len(item) != size or item[0] != tag:
+            raise ValueError(f"{what} must hold only entries, got {item!r:.60}")
+        entries.append(entry(*map(operator.call, loaders, item[1:])))
+    return tuple(entries)
 
 
-def _check_int(value, what):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {value!r}")
+#: A non-negative integer (terms, indexes, offsets).
+UINT = Kind("uint", _same, _load_uint)
+#: A str (member ids).
+TEXT = Kind("text", _same, _typed(str, "a string"))
+#: A bool.
+FLAG = Kind("flag", _same, _typed(bool, "a boolean"))
+#: Bytes of any length (commands, snapshot chunks); AMP fragments large ones.
+BYTES = Kind("bytes", _same, _typed(bytes, "bytes"))
+#: A tuple of str; a list on the wire.
+TEXTS = Kind("texts", list, _load_texts)
+#: An :class:`~txraft.messages.EntryKind`; its number on the wire.
+ENTRY_KIND = Kind("entry kind", int, _load_entry_kind)
+#: A :class:`~txraft.messages.RequestId`: ``[session, seq, lowest_pending]``.
+REQUEST_ID = Kind("request id", _dump_request_id, _load_request_id)
+#: A :class:`~txraft.messages.RequestId` or ``None`` (``nil``).
+OPTIONAL_REQUEST_ID = Kind("optional request id", lambda rid: None if rid is None else _dump_request_id(rid),
+                           _load_optional_request_id)
+#: A tuple of :class:`~txraft.messages.Entry`: a list of tagged entries, each
+#: as :func:`to_wire` makes it; AMP fragments large ones.
+ENTRIES = Kind("entries", _dump_entries, _load_entries)
+
+_SCALAR_KINDS = {int: UINT, str: TEXT, bool: FLAG, bytes: BYTES, m.EntryKind: ENTRY_KIND, m.RequestId: REQUEST_ID}
+_SEQUENCE_KINDS = {str: TEXTS, m.Entry: ENTRIES}
 
 
-# Field converters: how each field of each type goes to and from the wire.
-# (field name, to_wire, from_wire-with-validation)
-def _int_field(name):
-    def load(value):
-        _check_int(value, name)
-        return value
-
-    return name, (lambda v: v), load
-
-
-def _typed_field(name, kind):
-    def load(value):
-        _check(isinstance(value, kind), f"{name} must be {kind.__name__}, got {type(value).__name__}")
-        return value
-
-    return name, (lambda v: v), load
+def _kind_of(annotation, where):
+    """:returns: the kind of a field annotated ``annotation`` (``Tuple[X, ...]`` and ``tuple[X, ...]`` alike)."""
+    kind = _SCALAR_KINDS.get(annotation)
+    if kind is not None:
+        return kind
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _SEQUENCE_KINDS:
+        return _SEQUENCE_KINDS[args[0]]
+    if origin is typing.Union and set(args) == {m.RequestId, type(None)}:
+        return OPTIONAL_REQUEST_ID
+    raise TypeError(f"{where}: no wire encoding for fields annotated {annotation!r}")
 
 
-def _entries_field(name):
-    def load(value):
-        _check(isinstance(value, list), f"{name} must be a list")
-        return tuple(_entry_from_wire(item) for item in value)
-
-    return name, (lambda v: [_entry_to_wire(e) for e in v]), load
-
-
-def _strings_field(name):
-    def load(value):
-        _check(isinstance(value, list) and all(isinstance(s, str) for s in value), f"{name} must be a list of strings")
-        return tuple(value)
-
-    return name, list, load
+def _schema(cls):
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, _kind_of(hints[f.name], f"{cls.__name__}.{f.name}"), f"{cls.__name__}.{f.name}")
+        for f in _dataclass_fields(cls)
+    )
 
 
-_rid_field = ("request_id", _request_id_to_wire, _request_id_from_wire)
-
-_FIELDS = {
-    m.HardState: [_int_field("term"), _typed_field("voted_for", str)],
-    m.SnapshotMeta: [_int_field("index"), _int_field("term")],
-    m.RequestVote: [
-        _int_field("term"),
-        _typed_field("candidate", str),
-        _int_field("last_log_index"),
-        _int_field("last_log_term"),
-        _typed_field("disrupt", bool),
-        _typed_field("pre_vote", bool),
-    ],
-    m.RequestVoteReply: [_int_field("term"), _typed_field("granted", bool)],
-    m.AppendEntries: [
-        _int_field("term"),
-        _typed_field("leader", str),
-        _int_field("prev_index"),
-        _int_field("prev_term"),
-        _entries_field("entries"),
-        _int_field("leader_commit"),
-    ],
-    m.AppendEntriesReply: [
-        _int_field("term"),
-        _typed_field("success", bool),
-        _int_field("match_index"),
-        _int_field("conflict_index"),
-        _int_field("conflict_term"),
-    ],
-    m.InstallSnapshot: [
-        _int_field("term"),
-        _typed_field("leader", str),
-        _int_field("last_index"),
-        _int_field("last_term"),
-        _int_field("offset"),
-        _typed_field("data", bytes),
-        _typed_field("done", bool),
-    ],
-    m.InstallSnapshotReply: [_int_field("term"), _int_field("next_offset")],
-    m.ForwardAppend: [_typed_field("command", bytes), _rid_field],
-    m.ForwardAppendReply: [_int_field("term"), _int_field("index")],
-    m.GetMembers: [],
-    m.GetMembersReply: [_strings_field("members")],
-    m.GetLeader: [],
-    m.GetLeaderReply: [_typed_field("leader", str)],
-    m.ReadIndex: [],
-    m.ReadIndexReply: [_int_field("index")],
+# cls -> ((field name, kind, "Class.field"), ...), built once from the dataclasses.
+_SCHEMA = {cls: _schema(cls) for cls in (*TAGS, m.RequestId)}
+# cls -> (one-argument load of each field, ...): what decoding runs for every
+# log entry read, so it is applied with map() rather than a Python loop.
+_LOADERS = {
+    cls: tuple(functools.partial(kind.load, what=where) for _, kind, where in schema)
+    for cls, schema in _SCHEMA.items()
 }
 
 
-def to_wire(value):
-    """:returns: the msgpack-ready list for a value from :mod:`txraft.messages`."""
-    cls = type(value)
-    if cls is m.Entry:
-        return [_TAGS[cls]] + _entry_to_wire(value)
+def fields(cls) -> Tuple[Tuple[str, Kind], ...]:
+    """
+    :returns: the fields of message type ``cls`` as ``(name, kind)`` pairs,
+        in wire order.
+    :raises TypeError: for a type that is not part of the schema.
+    """
     try:
-        fields = _FIELDS[cls]
+        schema = _SCHEMA[cls]
     except KeyError:
-        raise TypeError(f"cannot encode {cls.__name__}")
-    return [_TAGS[cls]] + [dump(getattr(value, name)) for name, dump, _ in fields]
+        raise TypeError(f"{getattr(cls, '__name__', cls)!r} is not a txraft message type") from None
+    return tuple((name, kind) for name, kind, _ in schema)
+
+
+def _load_record(cls, values, what):
+    loaders = _LOADERS[cls]
+    if type(values) is not list or len(values) != len(loaders):
+        raise ValueError(f"{what}: {cls.__name__} has {len(loaders)} fields, got {values!r:.60}")
+    return cls(*map(operator.call, loaders, values))
+
+
+# -- messages <-> wire forms ---------------------------------------------------
+
+
+def to_fields(value) -> dict:
+    """
+    :returns: ``{field name: wire form}`` for a value of :mod:`txraft.messages`
+        (the AMP transport sends each as one argument).
+    :raises TypeError: for a type that is not part of the schema.
+    """
+    try:
+        schema = _SCHEMA[type(value)]
+    except KeyError:
+        raise TypeError(f"cannot encode {type(value).__name__}") from None
+    return {name: kind.dump(getattr(value, name)) for name, kind, _ in schema}
+
+
+def from_fields(cls, values: Mapping[str, Any]):
+    """
+    Inverse of :func:`to_fields`: check every wire form and build a ``cls``.
+
+    :raises ValueError: naming the first missing or malformed field.
+    :raises TypeError: for a type that is not part of the schema.
+    """
+    try:
+        schema = _SCHEMA[cls]
+    except KeyError:
+        raise TypeError(f"cannot decode {getattr(cls, '__name__', cls)!r}") from None
+    loaded = {}
+    for name, kind, where in schema:
+        try:
+            value = values[name]
+        except KeyError:
+            raise ValueError(f"{where} is missing") from None
+        loaded[name] = kind.load(value, where)
+    return cls(**loaded)
+
+
+def to_wire(value):
+    """:returns: the msgpack-ready list for a value from :mod:`txraft.messages`: its tag, then its fields."""
+    cls = type(value)
+    try:
+        tag, schema = TAGS[cls], _SCHEMA[cls]
+    except KeyError:
+        raise TypeError(f"cannot encode {cls.__name__}") from None
+    return [tag] + [kind.dump(getattr(value, name)) for name, kind, _ in schema]
 
 
 def from_wire(raw):
-    """Inverse of :func:`to_wire`. :raises ValueError: for malformed input."""
-    if not isinstance(raw, list) or not raw:
+    """Inverse of :func:`to_wire`. :raises ValueError: naming what is malformed."""
+    if type(raw) is not list or not raw:
         raise ValueError("a message must be a non-empty array")
-    cls = _TYPES.get(raw[0])
+    cls = _TYPES.get(raw[0]) if type(raw[0]) is int else None
     if cls is None:
-        raise ValueError(f"unknown message tag {raw[0]!r}")
-    if cls is m.Entry:
-        return _entry_from_wire(raw[1:])
-    fields = _FIELDS[cls]
-    if len(raw) != len(fields) + 1:
-        raise ValueError(f"{cls.__name__} has {len(fields)} fields, got {len(raw) - 1}")
-    return cls(**{name: load(value) for (name, _, load), value in zip(fields, raw[1:])})
+        raise ValueError(f"unknown message tag {raw[0]!r:.40}")
+    loaders = _LOADERS[cls]
+    if len(raw) != len(loaders) + 1:
+        raise ValueError(f"{cls.__name__} has {len(loaders)} fields, got {len(raw) - 1}")
+    return cls(*map(operator.call, loaders, raw[1:]))
 
 
 def encode(value) -> bytes:
     """Encode one value from :mod:`txraft.messages` to bytes."""
     return msgpack.packb(to_wire(value), use_bin_type=True)
+
+
+def _unpack(data: bytes, what: str):
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ValueError(f"{what} is not a valid msgpack value: {e}") from None
 
 
 def decode(data: bytes):
@@ -206,8 +313,52 @@ def decode(data: bytes):
 
     :raises ValueError: naming what is malformed.
     """
-    try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types
-        raise ValueError(f"not a valid msgpack value: {e}") from None
-    return from_wire(raw)
+    return from_wire(_unpack(data, "the value"))
+
+
+# -- the snapshot header -------------------------------------------------------
+
+#: The first bytes of txraft's header at the start of every snapshot's data
+#: (inside the application data of a snapshot file, after the storage's own
+#: file header, :data:`txraft.storage.snapshots.SNAPSHOT_MAGIC`).
+SNAPSHOT_HEADER_MAGIC = b"TXRS"
+_LENGTH = struct.Struct(">I")
+
+
+def encode_snapshot_header(sessions, members) -> bytes:
+    """
+    :param sessions: the session table's wire form
+        (:meth:`txraft.core.sessions.SessionTable.to_wire`).
+    :param members: the member ids.
+    :returns: the header: :data:`SNAPSHOT_HEADER_MAGIC`, the body's length (4 bytes,
+        big-endian), and a msgpack map ``{"sessions": ..., "members": [...]}``.
+    """
+    body = msgpack.packb({"sessions": sessions, "members": list(members)}, use_bin_type=True)
+    return SNAPSHOT_HEADER_MAGIC + _LENGTH.pack(len(body)) + body
+
+
+def decode_snapshot_header(fileobj):
+    """
+    Read a header made by :func:`encode_snapshot_header` from the binary file
+    ``fileobj``, leaving it at the first byte after the header.
+
+    :returns: ``(sessions, members)``: the session table's wire form (a list,
+        checked by :meth:`~txraft.core.sessions.SessionTable.from_wire`) and a
+        tuple of member ids.
+    :raises ValueError: when the data does not start with a well-formed header.
+    """
+    magic = SNAPSHOT_HEADER_MAGIC
+    head = fileobj.read(len(magic) + _LENGTH.size)
+    if len(head) != len(magic) + _LENGTH.size or head[: len(magic)] != magic:
+        raise ValueError("snapshot does not start with a txraft header")
+    (length,) = _LENGTH.unpack(head[len(magic):])
+    body = fileobj.read(length)
+    if len(body) != length:
+        raise ValueError("snapshot header is truncated")
+    raw = _unpack(body, "the snapshot header")
+    # Keys other than these two are ignored, as they always were.
+    if type(raw) is not dict or "sessions" not in raw or "members" not in raw:
+        raise ValueError("the snapshot header must be a map of sessions and members")
+    if type(raw["sessions"]) is not list:
+        raise ValueError("the snapshot header's sessions must be a list")
+    return raw["sessions"], _load_texts(raw["members"], "the snapshot header's members")

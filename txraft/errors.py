@@ -69,10 +69,6 @@ class InvalidRequest(RaftError):
     entries that do not follow ``prev_index``, and the like).  Nothing was stored."""
 
 
-class OutOfSequence(InvalidRequest):
-    """A snapshot chunk arrived at an offset the receiver did not expect."""
-
-
 class ConfigurationError(RaftError):
     """The configuration is invalid; the message names the setting."""
 

@@ -216,7 +216,7 @@ class Options(usage.Options):
         return super().getUsage(width)
 
     def _check(self):
-        from txraft.transport.peers import member_id, parse_peers
+        from txraft.transport.addresses import member_id, parse_peers
 
         host, port = parse_host_port(self["listen"], "--listen")
         if port == 0:

@@ -73,7 +73,7 @@ async def test_not_leader_arrives_with_the_leader_id(members):
 
 
 @pytest.mark.parametrize(
-    "error", [e.InvalidRequest("prev_index beyond the log"), e.OutOfSequence("offset 7, expected 0"), e.Stopped("bye")]
+    "error", [e.InvalidRequest("prev_index beyond the log"), e.NoQuorum("no leader answered"), e.Stopped("bye")]
 )
 @bounded(10)
 async def test_raft_errors_arrive_as_the_same_type(members, error):
@@ -103,7 +103,7 @@ async def test_handler_bug_is_a_raft_error_and_the_connection_survives(members):
     with pytest.raises(e.RaftError):
         await client.send(server.address, m.ReadIndex())
     assert await client.send(server.address, m.ReadIndex()) == m.ReadIndexReply(1)
-    assert len(server._connections) == 1
+    assert len(server._context.connections) == 1
 
 
 @bounded(10)
@@ -140,3 +140,24 @@ def test_tls_without_certificates_is_a_configuration_error():
 
     with pytest.raises(ConfigurationError, match="cert"):
         AMPTransport.from_config(RaftConfig(listen="127.0.0.11:0"), reactor)
+
+
+def test_from_config_uses_credentials_already_loaded(pki):
+    from txraft.config import RaftConfig
+    from txraft.transport.tls import TLSCredentials
+
+    credentials = TLSCredentials.load(**pki.files("member1"))
+    # The configuration names no files: nothing is read from disk.
+    config = RaftConfig(listen="127.0.0.11:0", acl=("member2",))
+    transport = AMPTransport.from_config(config, reactor, credentials=credentials)
+    assert transport._policy.acl == {"member2"}
+    assert verifyObject(ITransport, transport)
+
+
+@bounded(10)
+async def test_members_built_from_loaded_credentials_talk(members, pki):
+    from txraft.transport.tls import TLSCredentials
+
+    server = await members.started(1, credentials=TLSCredentials.load(**pki.files("member1")), cert=None)
+    client = await members.started(2)
+    assert await client.send(server.address, m.ReadIndex()) == m.ReadIndexReply(42)

@@ -6,7 +6,7 @@ import pytest
 
 from txraft import errors as e
 from txraft import messages as m
-from txraft.transport import amp as transport_amp
+from txraft.transport import fragments
 
 from .conftest import Recorder, bounded, eventually
 
@@ -42,7 +42,7 @@ async def test_a_50_mb_snapshot_goes_through_as_chunks(members):
 
     def install(message):
         if message.offset != len(received):
-            raise e.OutOfSequence(f"offset {message.offset}, expected {len(received)}")
+            raise e.InvalidRequest(f"offset {message.offset}, expected {len(received)}")
         received.extend(message.data)
         return m.InstallSnapshotReply(1, len(received))
 
@@ -100,16 +100,16 @@ async def test_a_cut_mid_transfer_fails_the_call_and_a_retry_works(members, monk
     await client.send(server.address, m.ReadIndex())  # connected
 
     cut = []
-    original_add = transport_amp._Reassembly.add
+    original_add = fragments.Reassembly.add
 
-    def add(self, blob, data):
-        original_add(self, blob, data)
+    def add(self, blob, data, offset=None):
+        original_add(self, blob, data, offset)
         if self.total > 2 * MiB and not cut:
             cut.append(self.total)
-            for protocol in list(server._connections):
+            for protocol in list(server._context.connections):
                 protocol.transport.abortConnection()
 
-    monkeypatch.setattr(transport_amp._Reassembly, "add", add)
+    monkeypatch.setattr(fragments.Reassembly, "add", add)
     data = os.urandom(10 * MiB)
     request = m.InstallSnapshot(1, client.address, 9, 1, 0, data, True)
     with pytest.raises(e.TransportError):
@@ -122,19 +122,19 @@ async def test_a_cut_mid_transfer_fails_the_call_and_a_retry_works(members, monk
 
 
 def test_reassembly_is_bounded_per_value_and_per_connection():
-    fragments = transport_amp._Reassembly(max_message=10, max_pending=15)
-    fragments.add(1, b"12345")
-    fragments.add(2, b"12345")
+    reassembly = fragments.Reassembly(max_message=10, max_pending=15)
+    reassembly.add(1, b"12345")
+    reassembly.add(2, b"12345")
     with pytest.raises(e.InvalidRequest):
-        fragments.add(1, b"123456")  # value 1 would pass 10 bytes: dropped
-    assert fragments.total == 5
-    fragments.add(3, b"1234")
+        reassembly.add(1, b"123456")  # value 1 would pass 10 bytes: dropped
+    assert reassembly.total == 5
+    reassembly.add(3, b"1234")
     with pytest.raises(e.InvalidRequest):
-        fragments.add(4, b"1234567")  # 16 bytes pending on the connection: value 4 dropped
-    assert fragments.total == 9
-    assert fragments.take(3) == b"1234"
-    assert fragments.total == 5
-    fragments.discard(2)
-    assert fragments.total == 0
+        reassembly.add(4, b"1234567")  # 16 bytes pending on the connection: value 4 dropped
+    assert reassembly.total == 9
+    assert reassembly.take(3) == b"1234"
+    assert reassembly.total == 5
+    reassembly.discard(2)
+    assert reassembly.total == 0
     with pytest.raises(e.TransportError):
-        fragments.take(1)
+        reassembly.take(1)

@@ -10,6 +10,7 @@ from txraft import messages as m
 from txraft.config import parse_host_port
 from txraft.transport.tls import TLSCredentials
 
+from .bad_commands import BadlyTypedVote, Bogus
 from .conftest import Recorder, bounded
 
 
@@ -37,23 +38,6 @@ def tls_endpoint(pki, address, name="member2", source="127.0.0.12"):
     options = TLSCredentials.load(**pki.files(name)).options()
     tcp = endpoints.TCP4ClientEndpoint(reactor, host, port, bindAddress=(source, 0))
     return endpoints.wrapClientTLS(options, tcp)
-
-
-class Bogus(amp.Command):
-    arguments = []
-    response = []
-
-
-class BadlyTypedVote(amp.Command):
-    commandName = b"RequestVote"
-    arguments = [
-        (b"term", amp.Unicode()),
-        (b"candidate", amp.Unicode()),
-        (b"last_log_index", amp.Integer()),
-        (b"last_log_term", amp.Integer()),
-        (b"disrupt", amp.Boolean()),
-    ]
-    response = [(b"term", amp.Integer()), (b"granted", amp.Boolean())]
 
 
 class Lost(amp.AMP):
@@ -98,7 +82,8 @@ async def test_plain_bytes_to_a_tls_member_close_only_that_connection(members):
     "command, arguments",
     [
         (Bogus, {}),
-        (BadlyTypedVote, dict(term="two", candidate="x", last_log_index=0, last_log_term=0, disrupt=False)),
+        (BadlyTypedVote, dict(term="two", candidate="x", last_log_index=0, last_log_term=0, disrupt=False,
+                              pre_vote=False)),
     ],
     ids=["unknown-command", "wrong-argument-type"],
 )
@@ -143,7 +128,7 @@ async def test_calls_in_flight_fail_with_transport_error_when_the_connection_dro
     client = await members.started(2)
     pending = client.send(server.address, m.ReadIndex())
     await arrived
-    for protocol in list(server._connections):
+    for protocol in list(server._context.connections):
         protocol.transport.abortConnection()
     with pytest.raises(e.TransportError):
         await pending
@@ -190,7 +175,7 @@ async def test_cancelling_a_large_send_mid_upload(members):
         await pending
     assert await client.send(server.address, m.ReadIndex()) == m.ReadIndexReply(42)
     # The abandoned fragments were discarded on the receiver.
-    (accepted,) = [p for p in server._connections if p.side == "server"]
+    (accepted,) = [p for p in server._context.connections if p.side == "server"]
     assert accepted._fragments.total == 0
 
 

@@ -1,4 +1,4 @@
-"""txraft.certs: cluster CA, member certificates, PEM files, write_cluster_certs; txraft.transport.peers."""
+"""txraft.certs: cluster CA, member certificates, PEM files, write_cluster_certs; txraft.transport.addresses."""
 
 import os
 import stat
@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from txraft import certs
 from txraft.errors import ConfigurationError
-from txraft.transport.peers import parse_peers
+from txraft.transport.addresses import parse_peers
 from txraft.transport.tls import AccessPolicy, certificate_names, public_key_der
 
 

@@ -96,9 +96,9 @@ async def test_outgoing_connections_come_from_the_members_listen_host(members):
     server = await members.started(1)
     client = await members.started(2)
     await client.send(server.address, m.ReadIndex())
-    (accepted,) = [p for p in server._connections if p.side == "server"]
+    (accepted,) = [p for p in server._context.connections if p.side == "server"]
     assert accepted.transport.getPeer().host == "127.0.0.12"
-    (dialled,) = [p for p in client._connections if p.side == "client"]
+    (dialled,) = [p for p in client._context.connections if p.side == "client"]
     assert dialled.transport.getHost().host == "127.0.0.12"
 
 
@@ -108,7 +108,7 @@ async def test_one_connection_per_peer_is_reused(members):
     client = await members.started(2)
     for _ in range(5):
         await client.send(server.address, m.ReadIndex())
-    assert len([p for p in server._connections if p.side == "server"]) == 1
+    assert len([p for p in server._context.connections if p.side == "server"]) == 1
 
 
 @bounded(10)

@@ -1,5 +1,6 @@
 """
-Member RPCs over AMP, on mutual TLS: :class:`AMPTransport`, the network
+Member RPCs over AMP, on mutual TLS: the protocol spoken on each member
+connection (:class:`MemberProtocol`) and :class:`AMPTransport`, the network
 implementation of :class:`txraft.interfaces.ITransport`.
 
 Build one per member from its configuration, start it with the member's
@@ -15,42 +16,36 @@ How it works:
 - The member listens on ``config.listen`` (``SSL4ServerEndpoint`` bound to that
   host).  With port 0 the system picks one; ``transport.address`` then gives
   the real ``host:port``.
-- For each peer, one long-lived connection carries every RPC.  A
-  :class:`~twisted.application.internet.ClientService` keeps it up,
-  reconnecting after 0.05 s, then backing off to at most 2 s.  Outgoing
-  connections bind their source address to the member's listen host.  A
-  connection is used only after its TLS handshake completed and the peer passed
-  the ACL (:mod:`txraft.transport.tls`).
+- For each peer, one long-lived connection carries every RPC
+  (:mod:`txraft.transport.links`: reconnection, and use of a connection only
+  after its TLS handshake completed and the peer passed the ACL of
+  :mod:`txraft.transport.tls`).
 - While a peer is unreachable, :meth:`AMPTransport.send` fails at once with
   :class:`~txraft.errors.TransportError` (nothing queues up); while a
   connection attempt is in progress it waits for that attempt only.  Calls in
   flight when a connection drops fail with ``TransportError``.
-- Values too large for one AMP value (65,535 bytes) are split into
-  :class:`~txraft.transport.commands.Fragment` commands, at most
-  :data:`FRAGMENT_WINDOW` unacknowledged at a time, and reassembled by the
-  receiving connection; one message may be up to ``max_message_bytes``
-  (:data:`MAX_MESSAGE_BYTES`, 64 MiB, by default).
-- Requests arriving are decoded, checked (:mod:`txraft.codec`, the claimed
-  identity), and handed to ``handler.receive``; its reply goes back, and a
-  :class:`~txraft.errors.RaftError` it raises reaches the caller as the same
-  type.  An unknown command or a malformed argument is a protocol violation:
-  the peer gets an error and that one connection is closed.
+- A request goes out as the command of :mod:`txraft.transport.commands` for
+  its type, one argument per field (:func:`txraft.codec.to_fields`).  Values
+  too large for one AMP value are sent first as fragments
+  (:mod:`txraft.transport.fragments`); one field may be up to
+  ``max_message_bytes`` (:data:`MAX_MESSAGE_BYTES`, 64 MiB, by default).
+- Requests arriving are checked (:func:`txraft.codec.from_fields`, the
+  claimed identity) and handed to ``handler.receive``; its reply goes back,
+  and a :class:`~txraft.errors.RaftError` it raises reaches the caller as the
+  same type.  An unknown command or an argument AMP cannot parse is a protocol
+  violation: the peer gets an error and that one connection is closed.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress as _ipaddress
 import random as _random_module
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet import defer, endpoints, error as ierror
+from twisted.internet import defer, error as ierror
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -58,60 +53,26 @@ from txraft import codec
 from txraft import errors as e
 from txraft.config import parse_host_port
 from txraft.interfaces import ITransport
-from txraft.transport import commands
-from txraft.transport.peers import member_id
+from txraft.transport import commands, fragments
+from txraft.transport.addresses import member_id
+from txraft.transport.arguments import Blob, BlobRef, Encoded
+from txraft.transport.fragments import FRAGMENT_SIZE, FRAGMENT_WINDOW, MAX_MESSAGE_BYTES
+from txraft.transport.links import PeerLink, client_endpoint, listening_endpoint, retry_policy
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials
 
-__all__ = ["AMPTransport", "MAX_MESSAGE_BYTES", "FRAGMENT_SIZE", "FRAGMENT_WINDOW"]
-
-#: Default largest encoded value of one message field (a batch of entries, a
-#: command, a snapshot chunk) that a member sends or accepts.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-#: Bytes per Fragment command; also the largest value sent inline.
-FRAGMENT_SIZE = 60 * 1024
-#: Unacknowledged Fragment commands per transfer (flow control).
-FRAGMENT_WINDOW = 4
+__all__ = ["AMPTransport", "MemberProtocol", "MemberContext", "MAX_MESSAGE_BYTES", "FRAGMENT_SIZE", "FRAGMENT_WINDOW"]
 
 _BAD_REQUEST = b"BAD_REQUEST"
 
 
-class _Reassembly:
-    """
-    Fragment sequences being received on one connection.
+def _blob_arguments(command):
+    """:returns: ``(field name, Blob)`` for each argument of ``command`` that may be fragmented."""
+    return tuple((name.decode("ascii"), argument) for name, argument in command.arguments
+                 if isinstance(argument, Blob))
 
-    Invariant: ``total`` is the sum of the lengths of all parts held, and never
-    exceeds ``max_pending``; no sequence exceeds ``max_message``.
-    """
 
-    def __init__(self, max_message, max_pending):
-        self.max_message = max_message
-        self.max_pending = max_pending
-        self.parts: Dict[int, list] = {}
-        self.sizes: Dict[int, int] = {}
-        self.total = 0
-
-    def add(self, blob, data):
-        size = self.sizes.get(blob, 0) + len(data)
-        if size > self.max_message:
-            self.discard(blob)
-            raise e.InvalidRequest(f"fragmented value {blob} exceeds the {self.max_message}-byte limit")
-        if self.total + len(data) > self.max_pending:
-            self.discard(blob)
-            raise e.InvalidRequest(f"more than {self.max_pending} bytes of fragments pending on this connection")
-        self.parts.setdefault(blob, []).append(data)
-        self.sizes[blob] = size
-        self.total += len(data)
-
-    def discard(self, blob):
-        self.parts.pop(blob, None)
-        self.total -= self.sizes.pop(blob, 0)
-
-    def take(self, blob) -> bytes:
-        parts = self.parts.pop(blob, None)
-        if parts is None:
-            raise e.TransportError(f"fragmented value {blob} was not received on this connection")
-        self.total -= self.sizes.pop(blob)
-        return b"".join(parts)
+# Computed once: every request goes through one of these.
+_BLOBS = {command: _blob_arguments(command) for command in commands.COMMANDS.values()}
 
 
 def _claimant(message) -> Optional[str]:
@@ -128,10 +89,41 @@ def _as_transport_error(failure, peer):
     raise e.TransportError(f"RPC to {peer} failed: {failure.getErrorMessage() or failure.type.__name__}")
 
 
+class MemberContext:
+    """
+    What the connections of one transport share with it.  The transport sets
+    these; its protocols read them, and keep :attr:`connections` current.
+
+    :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied to
+        peers, or ``None`` on an insecure transport (no handshake to wait for).
+    :ivar max_message_bytes: the most bytes one field may have, sent or received.
+    :ivar handler: the :class:`~txraft.interfaces.IRPCHandler` receiving
+        requests; ``None`` before start and after stop.
+    :ivar stopping: whether the transport is stopping (connections closing
+        then are expected, not worth a warning).
+    :ivar connections: every open :class:`MemberProtocol`, in either direction.
+    """
+
+    def __init__(self, policy: Optional[AccessPolicy], max_message_bytes: int):
+        self.policy = policy
+        self.max_message_bytes = max_message_bytes
+        self.handler = None
+        self.stopping = False
+        self.connections: Set[MemberProtocol] = set()
+
+
 @implementer(IHandshakeListener)
 class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     """
     One AMP connection between two members, in either direction.
+
+    :param context: the :class:`MemberContext` of the transport it belongs to.
+    :param side: ``"server"`` for an accepted connection, ``"client"`` for an
+        outgoing one.
+    :param expected_peer_name: on outgoing connections, the certificate name
+        the peer must carry, if known.
+    :param link: the :class:`~txraft.transport.links.PeerLink` of an outgoing
+        connection.
 
     :ivar ready: fires with this protocol once the peer is admitted (after the
         TLS handshake and the ACL check), or fails with
@@ -142,18 +134,19 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     log = Logger()
 
-    def __init__(self, member, side, expected_peer_name=None, link=None):
+    def __init__(self, context: MemberContext, side, expected_peer_name=None, link=None):
         amp.AMP.__init__(self)
-        self.member = member
+        self.context = context
         self.side = side
-        self.policy = member._policy
+        self.policy = context.policy  # read by ACLCheckedProtocolMixin
         self.expected_peer_name = expected_peer_name
         self.link = link
         self.admitted = False
         self.heard = False  # any box received from the peer
+        self.peer_address = "?"
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
-        self._fragments = _Reassembly(member.max_message_bytes, 2 * member.max_message_bytes)
+        self._fragments = fragments.Reassembly(context.max_message_bytes, 2 * context.max_message_bytes)
         self._next_blob = 0
 
     # -- connection life ---------------------------------------------------
@@ -167,7 +160,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             set_no_delay(True)
         peer = self.transport.getPeer()
         self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
-        self.member._connections.add(self)
+        self.context.connections.add(self)
         if self.policy is None:  # insecure: no handshake to wait for
             self.peer_admitted()
 
@@ -191,7 +184,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self.ready.errback(reason)
 
     def connectionLost(self, reason):
-        self.member._connections.discard(self)
+        self.context.connections.discard(self)
         amp.AMP.connectionLost(self, reason)
         if not self.admitted:
             # The TLS handshake failed, or the other side refused us.
@@ -201,7 +194,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
                 peer=self.peer_address,
                 reason=reason.getErrorMessage(),
             )
-        elif self.side == "client" and not self.heard and not self.member._stopping:
+        elif self.side == "client" and not self.heard and not self.context.stopping:
             # Under TLS 1.3 a server that refuses our certificate or its name
             # aborts the connection after our side of the handshake is done:
             # all we see is the connection closing before any answer.
@@ -274,11 +267,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return self._serve(commands.ReadIndex, kw)
 
     @commands.Fragment.responder
-    def _fragment(self, blob, data, discard=False):
+    def _fragment(self, blob, data, offset=None, discard=False):
         if discard:
             self._fragments.discard(blob)
         else:
-            self._fragments.add(blob, data)
+            self._fragments.add(blob, data, offset)
         return {}
 
     def _serve(self, command, kw):
@@ -288,19 +281,17 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return d
 
     def _receive(self, command, kw):
-        for name, argument in command.arguments:
-            if isinstance(argument, commands.Blob):
-                key = name.decode("ascii")
-                value = kw[key]
-                if isinstance(value, commands.BlobRef):
-                    value = self._fragments.take(value.blob)
-                try:
-                    kw[key] = argument.decode(value)
-                except ValueError as error:
-                    raise e.InvalidRequest(f"{key}: {error}") from None
+        for key, argument in _BLOBS[command]:
+            value = kw[key]
+            if isinstance(value, BlobRef):
+                value = self._fragments.take(value.blob)
+            try:
+                kw[key] = argument.decode(value)
+            except ValueError as error:
+                raise e.InvalidRequest(f"{command.__name__}.{key}: {error}") from None
         try:
-            message = codec.from_wire(codec.to_wire(command.message_type(**kw)))
-        except (ValueError, TypeError) as error:
+            message = codec.from_fields(command.message_type, kw)
+        except ValueError as error:
             raise e.InvalidRequest(str(error)) from None
         claimed = _claimant(message)
         if claimed and self.policy is not None:
@@ -309,7 +300,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             except e.Unauthorized as refusal:
                 self.log.warn("refused a {command} request: {refusal}", command=command.__name__, refusal=str(refusal))
                 raise
-        handler = self.member.handler
+        handler = self.context.handler
         if handler is None:
             raise e.Stopped("this member is not running")
         return handler.receive(message)
@@ -317,11 +308,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def _response(self, reply, command):
         if not isinstance(reply, command.reply_type):
             raise TypeError(f"the handler answered {command.__name__} with {type(reply).__name__}")
-        response = {}
-        for f in dataclasses.fields(reply):
-            value = getattr(reply, f.name)
-            response[f.name] = list(value) if isinstance(value, tuple) else value  # AMP's ListOf wants a list
-        return response
+        return codec.to_fields(reply)
 
     def _error_response(self, failure, command):
         if failure.check(e.NotLeader):
@@ -335,6 +322,25 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     # -- sending ---------------------------------------------------------------
 
+    async def send(self, message):
+        """
+        Send the request ``message`` over this connection, fragmenting large fields.
+
+        :returns: its reply message.
+        :raises InvalidRequest: when a field is over ``max_message_bytes``
+            (nothing is sent).
+        :raises TransportError: when the reply is malformed.
+        """
+        command = commands.COMMANDS[type(message)]
+        arguments = codec.to_fields(message)
+        limit = self.context.max_message_bytes
+        for key, argument in _BLOBS[command]:
+            raw = argument.encode(arguments[key])
+            if len(raw) > limit:
+                raise e.InvalidRequest(f"{command.__name__}.{key} is {len(raw)} bytes; the limit is {limit}")
+            arguments[key] = await self.upload(raw) if len(raw) > FRAGMENT_SIZE else Encoded(raw)
+        return await self.call(command, arguments)
+
     def call(self, command, arguments):
         """:returns: a Deferred firing with ``command``'s reply message."""
         try:
@@ -344,148 +350,36 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return d.addCallback(self._reply_message, command)
 
     def _reply_message(self, response, command):
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in response.items()}
         try:
-            return codec.from_wire(codec.to_wire(command.reply_type(**fields)))
-        except (ValueError, TypeError) as error:
+            return codec.from_fields(command.reply_type, response)
+        except ValueError as error:
             raise e.TransportError(f"malformed {command.__name__} reply: {error}") from None
 
-    async def upload(self, raw: bytes) -> commands.BlobRef:
-        """Send ``raw`` as a Fragment sequence, keeping at most FRAGMENT_WINDOW unacknowledged."""
+    async def upload(self, raw: bytes) -> BlobRef:
+        """Send ``raw`` as a Fragment sequence; :returns: the reference to it."""
         blob = self._next_blob
         self._next_blob += 1
-        window = []
+
+        def send(offset, data):
+            return self.callRemote(commands.Fragment, blob=blob, offset=offset, data=data)
+
         try:
-            for offset in range(0, len(raw), FRAGMENT_SIZE):
-                window.append(self.callRemote(commands.Fragment, blob=blob, data=raw[offset : offset + FRAGMENT_SIZE]))
-                if len(window) >= FRAGMENT_WINDOW:
-                    await window.pop(0)
-            while window:
-                await window.pop(0)
+            await fragments.upload(send, raw)
         except BaseException:
-            for d in window:
-                d.addErrback(lambda _: None)
-            if self.transport is not None and self.transport.connected and not self.closed.called:
+            if not self.closed.called:  # tell the receiver to drop what it holds of the value
                 self.callRemote(commands.Fragment, blob=blob, data=b"", discard=True).addErrback(lambda _: None)
             raise
-        return commands.BlobRef(blob)
+        return BlobRef(blob)
 
 
 class _ServerFactory(Factory):
     noisy = False
 
-    def __init__(self, member):
-        self.member = member
+    def __init__(self, context):
+        self.context = context
 
     def buildProtocol(self, addr):
-        return MemberProtocol(self.member, "server")
-
-
-class _ClientFactory(Factory):
-    noisy = False
-
-    def __init__(self, link):
-        self.link = link
-
-    def buildProtocol(self, addr):
-        link = self.link
-        protocol = MemberProtocol(link.member, "client", link.expected_name, link)
-        link.connecting = protocol
-        return protocol
-
-
-class _WatchedEndpoint:
-    """Tells its link when a connection attempt starts and when it fails."""
-
-    def __init__(self, endpoint, link):
-        self.endpoint = endpoint
-        self.link = link
-
-    def connect(self, factory):
-        self.link.attempting = True
-
-        def failed(failure):
-            self.link.attempting = False
-            self.link.last_error = failure.getErrorMessage()
-            self.link.wake()
-            return failure
-
-        return self.endpoint.connect(factory).addErrback(failed)
-
-
-class _PeerLink:
-    """
-    The one outgoing connection to one peer.
-
-    Invariant: ``protocol`` is an admitted, connected protocol or ``None``;
-    ``attempting`` is true from the start of a connection attempt until it is
-    admitted or fails.
-    """
-
-    def __init__(self, member, peer, host, port):
-        self.member = member
-        self.peer = peer
-        self.expected_name = member.peer_names.get(peer)
-        self.protocol = None
-        self.connecting = None
-        self.attempting = False
-        self.last_error = "not connected yet"
-        self._waiters = []
-        factory = _ClientFactory(self)
-        if member._credentials is not None:
-            factory = TLSMemoryBIOFactory(member._tls_options, True, factory)
-        self.service = ClientService(
-            _WatchedEndpoint(member._client_endpoint(host, port), self),
-            factory,
-            retryPolicy=member._retry_policy,
-            clock=member.reactor,
-            prepareConnection=lambda _: self.connecting.ready,
-        )
-        self.service.startService()
-
-    def admitted(self, protocol):
-        self.protocol = protocol
-        self.attempting = False
-
-    def lost(self, protocol, reason):
-        if self.protocol is protocol:
-            self.protocol = None
-        if protocol is self.connecting:
-            self.attempting = False
-            self.last_error = reason.getErrorMessage()
-
-    def connection(self):
-        """:returns: a Deferred firing with an admitted protocol, or failing with TransportError."""
-        if self.protocol is not None:
-            return defer.succeed(self.protocol)
-        if not self.attempting:
-            return defer.fail(self.unreachable())
-        waiter = defer.Deferred(self._waiters.remove)
-        self._waiters.append(waiter)
-        return waiter
-
-    def unreachable(self):
-        return e.TransportError(f"member {self.peer} is unreachable: {self.last_error}")
-
-    def wake(self):
-        """Settle the callers waiting for a connection attempt that has now ended."""
-        if self.attempting and self.protocol is None:
-            return
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if self.protocol is not None:
-                waiter.callback(self.protocol)
-            else:
-                waiter.errback(self.unreachable())
-
-    def stop(self):
-        self.attempting = False
-        self.protocol = None
-        self.last_error = "the transport was stopped"
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(e.Stopped("the transport was stopped"))
-        return self.service.stopService()
+        return MemberProtocol(self.context, "server")
 
 
 @implementer(ITransport)
@@ -498,6 +392,9 @@ class AMPTransport:
         ``cryptography`` certificate.
     :param key: its private key: a PEM file path or a ``cryptography`` key.
     :param ca: the cluster CA: a PEM file path, a certificate or a list of them.
+    :param credentials: already loaded
+        :class:`~txraft.transport.tls.TLSCredentials`; when given, ``cert``,
+        ``key`` and ``ca`` are not used.
     :param acl: certificate names admitted (see :mod:`txraft.transport.tls`).
     :param peer_names: member id -> certificate name that member must carry.
     :param insecure: plain TCP, no authentication at all (a warning is logged).
@@ -510,7 +407,6 @@ class AMPTransport:
 
     :ivar address: the member id, ``host:port``; after :meth:`start` it has the
         port actually bound.
-    :ivar handler: the :class:`~txraft.interfaces.IRPCHandler` given to :meth:`start`.
     :raises ConfigurationError: for a bad address or unreadable TLS files.
     """
 
@@ -523,6 +419,7 @@ class AMPTransport:
         cert=None,
         key=None,
         ca=None,
+        credentials=None,
         acl=(),
         peer_names=None,
         insecure=False,
@@ -543,26 +440,24 @@ class AMPTransport:
         self.max_message_bytes = max_message_bytes
         self.connect_timeout = connect_timeout
         if self.insecure:
-            self._credentials = None
             self._policy = None
             self._tls_options = None
         else:
-            self._credentials = TLSCredentials.load(cert, key, ca)
-            self._policy = AccessPolicy.build(acl, self._credentials.certificate, self.peer_names)
-            self._tls_options = self._credentials.options()
-        rng = random or _random_module.Random()
-        self._retry_policy = backoffPolicy(
-            initialDelay=initial_delay, maxDelay=max_delay, factor=2.0, jitter=lambda: rng.random() * initial_delay
-        )
-        self.handler = None
+            if credentials is None:
+                credentials = TLSCredentials.load(cert, key, ca)
+            self._policy = AccessPolicy.build(acl, credentials.certificate, self.peer_names)
+            self._tls_options = credentials.options()
+        self._retry_policy = retry_policy(initial_delay, max_delay, random or _random_module.Random())
+        self._context = MemberContext(self._policy, max_message_bytes)
         self._port = None
-        self._links: Dict[str, _PeerLink] = {}
-        self._connections = set()
-        self._stopping = False
+        self._links: Dict[str, PeerLink] = {}
 
     @classmethod
-    def from_config(cls, config, reactor=None, **kwargs) -> "AMPTransport":
+    def from_config(cls, config, reactor=None, credentials=None, **kwargs) -> "AMPTransport":
         """
+        :param credentials: the member's
+            :class:`~txraft.transport.tls.TLSCredentials` if already loaded;
+            otherwise they are loaded from ``config.cert``, ``key`` and ``ca``.
         :returns: the transport a member configured by ``config`` (a
             :class:`txraft.config.RaftConfig`) uses; ``kwargs`` override the
             constructor's tuning parameters.  A connection attempt may take
@@ -574,12 +469,18 @@ class AMPTransport:
             cert=config.cert,
             key=config.key,
             ca=config.ca,
+            credentials=credentials,
             acl=config.acl,
             peer_names=config.peer_names,
             insecure=config.insecure,
             reactor=reactor,
             **kwargs,
         )
+
+    @property
+    def handler(self):
+        """The :class:`~txraft.interfaces.IRPCHandler` given to :meth:`start`; ``None`` after :meth:`stop`."""
+        return self._context.handler
 
     # -- ITransport --------------------------------------------------------------
 
@@ -589,17 +490,10 @@ class AMPTransport:
 
         :returns: a Deferred firing with :attr:`address` once listening.
         """
-        if self._stopping:
+        if self._context.stopping:
             return defer.fail(e.Stopped("this transport was stopped"))
-        self.handler = handler
-        if self.insecure:
-            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, self._listen_port, interface=self.host)
-            if ":" in self.host:
-                endpoint = endpoints.TCP6ServerEndpoint(self.reactor, self._listen_port, interface=self.host)
-        else:
-            endpoint = endpoints.SSL4ServerEndpoint(
-                self.reactor, self._listen_port, self._tls_options, interface=self.host
-            )
+        self._context.handler = handler
+        endpoint = listening_endpoint(self.reactor, self.host, self._listen_port, self._tls_options)
 
         def listening(port):
             self._port = port
@@ -618,7 +512,7 @@ class AMPTransport:
                           mode="insecure TCP" if self.insecure else "TLS")
             return self.address
 
-        return endpoint.listen(_ServerFactory(self)).addCallback(listening)
+        return endpoint.listen(_ServerFactory(self._context)).addCallback(listening)
 
     def send(self, peer, message):
         """
@@ -629,16 +523,15 @@ class AMPTransport:
             :class:`~txraft.errors.TransportError`.
         :raises TypeError: when ``message`` is not a member request.
         """
-        command = commands.COMMANDS.get(type(message))
-        if command is None:
+        if type(message) not in commands.COMMANDS:
             raise TypeError(f"cannot send {type(message).__name__}: not a member request")
-        if self._stopping:
+        if self._context.stopping:
             return defer.fail(e.Stopped("this transport was stopped"))
         try:
             link = self._link(peer)
         except e.RaftError:
             return defer.fail()
-        d = defer.Deferred.fromCoroutine(self._send(link, command, message))
+        d = defer.Deferred.fromCoroutine(self._send(link, message))
         return d.addErrback(_as_transport_error, peer)
 
     def stop(self):
@@ -647,8 +540,8 @@ class AMPTransport:
 
         :returns: a Deferred that fires when all of it is done.
         """
-        self._stopping = True
-        self.handler = None
+        self._context.stopping = True
+        self._context.handler = None
         waits = []
         if self._port is not None:
             waits.append(defer.maybeDeferred(self._port.stopListening))
@@ -656,50 +549,29 @@ class AMPTransport:
         for link in self._links.values():
             waits.append(link.stop())
         self._links.clear()
-        for protocol in list(self._connections):
+        for protocol in list(self._context.connections):
             waits.append(protocol.closed)
             protocol.transport.abortConnection()
         return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- internals ---------------------------------------------------------------
 
-    def _link(self, peer) -> _PeerLink:
+    def _link(self, peer) -> PeerLink:
         link = self._links.get(peer)
         if link is None:
             host, port = parse_host_port(peer, "peer")
-            link = self._links[peer] = _PeerLink(self, peer, host, port)
+            link = self._links[peer] = PeerLink(
+                peer,
+                client_endpoint(self.reactor, host, port, bind_host=self.host, timeout=self.connect_timeout),
+                lambda link: MemberProtocol(self._context, "client", link.expected_name, link),
+                expected_name=self.peer_names.get(peer),
+                tls_options=self._tls_options,
+                retry_policy=self._retry_policy,
+                clock=self.reactor,
+            )
+            link.start()
         return link
 
-    async def _send(self, link, command, message):
+    async def _send(self, link, message):
         protocol = await link.connection()
-        arguments = {}
-        for f in dataclasses.fields(message):
-            arguments[f.name] = getattr(message, f.name)
-        for name, argument in command.arguments:
-            if isinstance(argument, commands.Blob):
-                key = name.decode("ascii")
-                raw = argument.encode(arguments[key])
-                if len(raw) > self.max_message_bytes:
-                    raise e.InvalidRequest(
-                        f"{command.__name__}.{key} is {len(raw)} bytes; the limit is {self.max_message_bytes}"
-                    )
-                if len(raw) > FRAGMENT_SIZE:
-                    arguments[key] = await protocol.upload(raw)
-                else:
-                    arguments[key] = commands.Encoded(raw)
-        return await protocol.call(command, arguments)
-
-    def _client_endpoint(self, host, port):
-        bind = None if self.host in ("0.0.0.0", "::", "") else (self.host, 0)
-        if _is_ip(host, 4):
-            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout, bindAddress=bind)
-        if _is_ip(host, 6):
-            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.connect_timeout, bindAddress=bind)
-        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.connect_timeout, bindAddress=bind)
-
-
-def _is_ip(host, version):
-    try:
-        return _ipaddress.ip_address(host).version == version
-    except ValueError:
-        return False
+        return await protocol.send(message)

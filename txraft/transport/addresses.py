@@ -1,5 +1,6 @@
 """
-Member lists: ``HOST:PORT`` or ``NAME@HOST:PORT`` entries.
+Member addresses: parsing the ``HOST:PORT`` and ``NAME@HOST:PORT`` entries of
+a member list, and the member id of an address.
 
 A member id is the address it listens on (``host:port``, as in the seed
 design).  ``NAME@`` adds the name its certificate must carry; with it, a peer

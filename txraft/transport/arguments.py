@@ -1,0 +1,131 @@
+"""
+The AMP argument of each kind of field in :mod:`txraft.codec`'s schema, and
+:func:`wire_arguments`, which makes a command's argument list from the schema.
+
+An argument carries a field's *wire form* (:meth:`txraft.codec.Kind.dump`);
+it only converts it to and from AMP's bytes.  Checking the value is left to
+:func:`txraft.codec.from_fields`, so it happens in one place for the disk
+and the network alike.  A value AMP itself cannot parse (``"two"`` for an
+integer, a blob that is neither inline nor a reference, bytes that are not
+msgpack) is a protocol violation, not an invalid request.
+
+AMP caps one value at 65,535 bytes.  The fields that can be larger (a batch of
+entries, a client command, a snapshot chunk) are :class:`Blob` arguments: a
+value that fits travels inline, a larger one is first sent as a sequence of
+``Fragment`` commands (:mod:`txraft.transport.fragments`) over the same
+connection, and the argument then refers to the reassembled bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+from twisted.protocols import amp
+
+from txraft import codec
+
+__all__ = ["BlobRef", "Encoded", "Blob", "Packed", "wire_arguments"]
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A :class:`Blob` value sent earlier as the ``Fragment`` sequence ``blob``."""
+
+    blob: int
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A :class:`Blob` value already encoded by :meth:`Blob.encode` (sent inline)."""
+
+    raw: bytes
+
+
+def _unpack(raw: bytes):
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as error:  # msgpack raises several unrelated types
+        raise ValueError(f"not valid msgpack: {error}") from None
+
+
+class Blob(amp.Argument):
+    """
+    Bytes of any size.  On the wire: ``b"="`` and the bytes, or ``b"@"`` and
+    the decimal id of a ``Fragment`` sequence.
+
+    ``fromString`` neither resolves references nor decodes, so that a bad value
+    fails inside the responder with a declared error; it returns the raw
+    bytes or a :class:`BlobRef`.
+
+    :param packed: carry a structured wire form as msgpack bytes instead of
+        bytes as they are.
+    """
+
+    def __init__(self, packed=False, optional=False):
+        amp.Argument.__init__(self, optional)
+        self.packed = packed
+
+    def encode(self, value) -> bytes:
+        """:returns: the bytes carried for the wire form ``value``."""
+        if self.packed:
+            return msgpack.packb(value, use_bin_type=True)
+        if not isinstance(value, bytes):
+            raise TypeError(f"expected bytes, got {type(value).__name__}")
+        return value
+
+    def decode(self, raw: bytes):
+        """Inverse of :meth:`encode`.  :raises ValueError: for bytes that are not msgpack."""
+        return _unpack(raw) if self.packed else raw
+
+    def toString(self, value):
+        if isinstance(value, BlobRef):
+            return b"@%d" % value.blob
+        if isinstance(value, Encoded):
+            return b"=" + value.raw
+        return b"=" + self.encode(value)
+
+    def fromString(self, string):
+        if string[:1] == b"=":
+            return string[1:]
+        if string[:1] == b"@" and string[1:].isdigit():
+            return BlobRef(int(string[1:]))
+        raise ValueError("a blob value must start with '=' or '@'")
+
+
+class Packed(amp.Argument):
+    """A small structured wire form (a request id) as msgpack bytes."""
+
+    def toString(self, value):
+        return msgpack.packb(value, use_bin_type=True)
+
+    def fromString(self, string):
+        return _unpack(string)
+
+
+# Kind -> a new AMP argument for it.  Kinds absent here (an entry's kind) occur
+# only inside other fields.
+_ARGUMENTS = {
+    codec.UINT: amp.Integer,
+    codec.TEXT: amp.Unicode,
+    codec.FLAG: amp.Boolean,
+    codec.TEXTS: lambda: amp.ListOf(amp.Unicode()),
+    codec.BYTES: Blob,
+    codec.ENTRIES: lambda: Blob(packed=True),
+    codec.REQUEST_ID: Packed,
+}
+
+
+def wire_arguments(message_type):
+    """
+    :returns: the AMP ``arguments`` (or ``response``) list carrying the fields
+        of ``message_type``, a type of :mod:`txraft.messages`: one argument per
+        field, named as the field.
+    :raises TypeError: for a type outside the schema, or a field no argument carries.
+    """
+    arguments = []
+    for name, kind in codec.fields(message_type):
+        if kind not in _ARGUMENTS:
+            raise TypeError(f"{message_type.__name__}.{name}: no AMP argument carries {kind.name} fields")
+        arguments.append((name.encode("ascii"), _ARGUMENTS[kind]()))
+    return arguments
