@@ -36,8 +36,8 @@ import time
 
 from twisted.internet import defer, task
 
-from txraft.cli import ClientError
-from txraft.demo import LocalCluster
+from txraft.http_client import ClientError
+from txraft.testing.processes import LocalCluster
 from txraft.tap import DEFAULTS
 
 

@@ -174,3 +174,20 @@ def test_usage_errors_exit_2():
     result = txraft_sync("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_the_command_line_the_demo_and_the_http_client_do_not_import_each_other():
+    """The HTTP client and the process cluster live in their own modules, so
+    importing one edge never drags in (or cycles through) another."""
+    check = (
+        "import sys\n"
+        "import txraft.http_client, txraft.testing.processes\n"
+        "assert not {'txraft.cli', 'txraft.demo'} & set(sys.modules), sorted(sys.modules)\n"
+        "import txraft.demo\n"
+        "assert 'txraft.cli' not in sys.modules\n"
+        "import txraft.cli\n"
+        "assert txraft.cli.Client is txraft.http_client.Client\n"
+        "assert txraft.demo.LocalCluster is txraft.testing.processes.LocalCluster\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

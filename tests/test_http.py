@@ -19,7 +19,7 @@ from txraft.config import RaftConfig
 from txraft.http import create_api
 from txraft.kv import MAX_KEY_BYTES, KeyValueStore
 from txraft.member import Raft
-from txraft.metrics import MemberMetrics
+from txraft.metrics import CountingTransport, MemberMetrics
 from txraft.storage.memory import MemoryStorage
 from txraft.transport.memory import MemoryNetwork
 
@@ -81,18 +81,21 @@ class HTTPCluster:
         self.baseline = set(reactor.getDelayedCalls())
 
     async def start(self):
+        transports = {}
         for member_id in IDS:
             config = RaftConfig(listen=member_id, heartbeat=0.05, election_timeout=0.3, rpc_timeout=0.25,
                                 request_timeout=self.request_timeout)
             store = KeyValueStore()
-            raft = Raft(config, store, reactor=reactor, transport=self.network.transport(member_id),
+            # Counted from the start, as RaftService builds its member.
+            transports[member_id] = CountingTransport(self.network.transport(member_id))
+            raft = Raft(config, store, reactor=reactor, transport=transports[member_id],
                         storage=MemoryStorage())
             for other in IDS:
                 raft.add_member(other)
             self.rafts[member_id], self.stores[member_id] = raft, store
         await defer.gatherResults([raft.start() for raft in self.rafts.values()])
         for member_id, raft in self.rafts.items():
-            self.metrics[member_id] = MemberMetrics(raft)
+            self.metrics[member_id] = MemberMetrics(raft, transport=transports[member_id])
             resource = create_api(raft, self.stores[member_id], metrics=self.metrics[member_id],
                                   request_timeout=self.request_timeout, max_command_size=MAX_COMMAND)
             self.urls[member_id] = self.serve(resource)

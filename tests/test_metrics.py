@@ -1,5 +1,6 @@
 """Prometheus metrics of a member (txraft.metrics), checked on the simulator."""
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from zope.interface.verify import verifyObject
 
@@ -17,10 +18,17 @@ def outcome(d):
 
 
 def settled(**kwargs):
-    cluster = SimulatedCluster(3, seed=kwargs.pop("seed", 1), client_factory=KeyValueStore, **kwargs)
+    # Each member is built on a CountingTransport, as RaftService builds its member.
+    cluster = SimulatedCluster(3, seed=kwargs.pop("seed", 1), client_factory=KeyValueStore,
+                               wrap_transport=CountingTransport, **kwargs)
     cluster.start()
     assert cluster.wait_for_leader() is not None
     return cluster
+
+
+def metrics_of(cluster, member_id):
+    """The metrics of a member, counting bytes through the transport it was built with."""
+    return MemberMetrics(cluster.members[member_id], transport=cluster.transports[member_id])
 
 
 def sample(metrics, name, **labels):
@@ -40,7 +48,7 @@ def test_counting_transport_is_a_transport():
 
 def test_exposition_parses_and_every_name_is_prefixed():
     cluster = settled()
-    metrics = MemberMetrics(cluster.members[cluster.ids[0]])
+    metrics = metrics_of(cluster, cluster.ids[0])
     verifyObject(IRaftObserver, metrics)
     families = list(text_string_to_metric_families(metrics.render().decode()))
     names = {f.name for f in families}
@@ -55,7 +63,7 @@ def test_exposition_parses_and_every_name_is_prefixed():
 
 def test_each_member_has_its_own_registry():
     cluster = settled()
-    all_metrics = {i: MemberMetrics(cluster.members[i]) for i in cluster.ids}
+    all_metrics = {i: metrics_of(cluster, i) for i in cluster.ids}
     leader = cluster.agreed_leader()
     for member_id, metrics in all_metrics.items():
         is_leader = 1.0 if member_id == leader else 0.0
@@ -106,7 +114,7 @@ def test_append_latency_is_observed_and_failures_counted_by_error():
 
 def test_elections_and_leader_changes_are_counted():
     cluster = settled()
-    all_metrics = {i: MemberMetrics(cluster.members[i]) for i in cluster.ids}
+    all_metrics = {i: metrics_of(cluster, i) for i in cluster.ids}
     old = cluster.agreed_leader()
     challenger = follower_of(cluster)
     cluster.members[challenger].start_election()
@@ -120,7 +128,7 @@ def test_snapshots_taken_and_installed_are_counted_and_bytes_replicated_per_peer
     cluster = settled(snapshot_threshold=8)
     leader = cluster.agreed_leader()
     victim = follower_of(cluster)
-    leader_metrics = MemberMetrics(cluster.members[leader])
+    leader_metrics = metrics_of(cluster, leader)
     kv = KeyValueClient(cluster.members[leader], cluster.clients[leader])
     for n in range(30):
         outcome(kv.put(f"k{n}", b"x" * 100))
@@ -139,7 +147,7 @@ def test_snapshots_taken_and_installed_are_counted_and_bytes_replicated_per_peer
         outcome(kv.put(f"k{n}", b"y" * 100))
     cluster.run(1.0)
     restarted = cluster.restart(victim)
-    victim_metrics = MemberMetrics(restarted)
+    victim_metrics = metrics_of(cluster, restarted.id)
     assert cluster.run_until(cluster.converged, 10.0)
     assert sample(victim_metrics, "txraft_snapshots_installed_total") == 1.0
     assert sample(leader_metrics, "txraft_replicated_bytes_total", peer=victim, kind="snapshot") > 0
@@ -154,14 +162,36 @@ def test_metrics_made_before_start_attach_at_the_first_scrape():
 
     clock = Clock()
     network = MemoryNetwork(clock)
+    transport = CountingTransport(network.transport("127.0.0.1:7000"))
     member = Raft(RaftConfig(listen="127.0.0.1:7000", heartbeat=0.05), KeyValueStore(), reactor=clock,
-                  transport=network.transport("127.0.0.1:7000"))
-    metrics = MemberMetrics(member)
+                  transport=transport)
+    metrics = MemberMetrics(member, transport=transport)
     assert sample(metrics, "txraft_term") == 0.0
     assert not metrics.attach()
     member.start()
     clock.advance(1.0)
     assert sample(metrics, "txraft_role", role="leader") == 1.0
-    assert isinstance(member.core.transport, CountingTransport)
+    assert metrics.transport is transport
     member.stop()
     assert sample(metrics, "txraft_role", role="stopped") == 1.0
+
+
+def test_metrics_never_replace_the_transport_of_a_running_member():
+    """The member keeps sending through the transport it was built with;
+    without a CountingTransport the byte counters are simply not exposed."""
+    cluster = SimulatedCluster(3, seed=1, client_factory=KeyValueStore)
+    cluster.start()
+    leader = cluster.wait_for_leader()
+    built_with = cluster.transports[leader]
+    metrics = MemberMetrics(cluster.members[leader])
+    metrics.render()
+    assert cluster.members[leader].core.transport is built_with
+    outcome(KeyValueClient(cluster.members[leader], cluster.clients[leader]).put("k", b"v"))
+    cluster.run(0.5)
+    assert sample(metrics, "txraft_replicated_bytes_total", peer=follower_of(cluster), kind="entries") is None
+
+
+def test_metrics_take_only_a_counting_transport():
+    cluster = settled()
+    with pytest.raises(TypeError, match="CountingTransport"):
+        MemberMetrics(cluster.members[cluster.ids[0]], transport=object())

@@ -19,8 +19,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, utils
 
-from txraft.cli import ClientError
-from txraft.demo import LocalCluster
+from txraft.http_client import ClientError
+from txraft.testing.processes import LocalCluster
 
 pytest.importorskip("txraft.http")
 

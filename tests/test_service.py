@@ -10,15 +10,18 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.application.service import IService, MultiService
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from txraft import certs
-from txraft.cli import Client, ClientError
+from txraft.http_client import Client, ClientError
 from txraft.config import RaftConfig
 from txraft.errors import StorageError
-from txraft.service import RaftService
+from txraft.service import ClientCertificateSite, RaftService
+from txraft.transport.memory import MemoryNetwork
+from txraft.transport.tls import TLSCredentials, server_endpoint
 from txraft.testing import RecordingClient
 
 NAMES = ["member1", "member2", "member3"]
@@ -154,6 +157,12 @@ async def test_three_tls_services_replicate_and_serve_https_to_acl_clients_only(
         await until(lambda: sum(s.raft.status().role == "leader" for s in made) == 1, what="a leader")
         index = await made[0].raft.append(b"through member1")
         await until(lambda: all(index in s.app.applied for s in made), what="replicated")
+        # Each member sends through the counting transport it was built with.
+        (leader,) = [s for s in made if s.raft.status().role == "leader"]
+        for svc in made:
+            if svc is not leader:
+                assert leader.transport.entries.get(svc.raft.id, 0) >= 1
+        assert all(s.metrics is None for s in made)  # a custom api: no metrics made
 
         ca = pki["ca"][0]
         for svc in made:
@@ -188,5 +197,62 @@ async def test_the_default_api_is_the_key_value_store(tmp_path, services):
         assert await client.get("colour") == b"blue"
         status = await client.status()
         assert status["id"] == svc.raft.id and status["role"] == "leader"
+
+    await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_connection_has_a_closed_deferred_that_fires_when_it_is_lost():
+    async def body():
+        site = ClientCertificateSite(Hello(), reactor=reactor)
+        port = await server_endpoint(reactor, "127.0.0.31", 0).listen(site)
+        try:
+            client = await endpoints.TCP4ClientEndpoint(reactor, "127.0.0.31", port.getHost().port).connect(
+                Factory.forProtocol(Protocol))
+            await until(lambda: site.connections, what="the connection accepted")
+            (channel,) = site.connections
+            assert not channel.closed.called
+            client.transport.loseConnection()  # the client goes away; the server did not close it
+            await channel.closed
+            assert not site.connections
+        finally:
+            await port.stopListening()
+
+    await defer.ensureDeferred(body()).addTimeout(10, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_are_loaded_once_at_start_and_serve_the_https_api(tmp_path, pki, services, monkeypatch):
+    read = []
+    load = TLSCredentials.load.__func__
+
+    def counted_load(cls, cert, key, ca):
+        read.append(cert)
+        return load(cls, cert, key, ca)
+
+    monkeypatch.setattr(TLSCredentials, "load", classmethod(counted_load))
+
+    async def body():
+        host = "127.0.0.31"
+        cert, key = pki["member1"]
+        ca = pki["ca"][0]
+
+        def service(name, **kwargs):
+            config = RaftConfig(listen=f"{host}:{free_port(host)}", log_dir=str(tmp_path / name), cert=cert,
+                                key=key, ca=ca, acl=("member1",))
+            return RaftService(config, RecordingClient(), http=(host, 0), client_acl=["admin"],
+                               api=lambda s: Hello(), transport=MemoryNetwork(reactor).transport(config.listen),
+                               **kwargs)
+
+        loaded = service("loaded")
+        await services.start(loaded)
+        assert read == [cert] and loaded.credentials is not None
+        given = service("given", credentials=loaded.credentials)
+        await services.start(given)
+        assert read == [cert]  # nothing read again
+        for svc in (loaded, given):
+            url = "https://%s:%d/" % svc.http_address
+            assert await Client(url, *pki["admin"], ca, timeout=5)._request("GET", url) == (
+                200, b"hello from " + host.encode())
 
     await defer.ensureDeferred(body()).addTimeout(30, reactor)

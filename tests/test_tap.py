@@ -14,7 +14,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 
 from txraft import certs
-from txraft.demo import twistd_command
+from txraft.testing.processes import twistd_command
 from txraft.tap import DEFAULTS, Options, load_app_class, makeService
 
 APP = "txraft.testing:RecordingClient"
@@ -140,6 +140,15 @@ def test_make_service_builds_a_raft_service(tmp_path):
     assert isinstance(svc, RaftService)
     assert svc.members == ("127.0.0.1:7001", "127.0.0.1:7002")
     assert type(svc.app).__name__ == "RecordingClient"
+
+
+def test_make_service_hands_down_the_credentials_loaded_while_checking(tmp_path, pki):
+    """The certificate files are read once, by the options check; the service
+    (member transport and HTTPS API) gets those credentials, not the paths to read again."""
+    options = parse(*tls_args(pki), "--app", APP, "--logdir", str(tmp_path / "d"))
+    assert options["credentials"].certificate is not None
+    svc = makeService(options)
+    assert svc.credentials is options["credentials"]
 
 
 # -- bad configuration ----------------------------------------------------------

@@ -18,8 +18,8 @@ readable result (``--json``: the server's JSON), and on failure one line on
 standard error and a non-zero exit status: 1 for an error, 2 for bad usage,
 3 when a key is absent or a compare-and-set finds another value.
 
-:class:`Client` is the small HTTP(S) client the commands, ``txraft demo`` and
-the tests share.
+:class:`~txraft.http_client.Client` (in its own module) is the HTTP(S)
+client the commands use.
 """
 
 from __future__ import annotations
@@ -28,207 +28,15 @@ import argparse
 import json
 import os
 import sys
-from urllib.parse import quote
 
 from twisted.internet import defer, task
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+
+from txraft.http_client import Client, ClientError
 
 __all__ = ["main", "Client", "ClientError", "NOT_FOUND_OR_CONFLICT"]
 
 #: Exit status when a key is absent (get) or a compare-and-set conflicts.
 NOT_FOUND_OR_CONFLICT = 3
-
-
-class ClientError(Exception):
-    """
-    A request failed.
-
-    :ivar status: the HTTP status, or ``None`` when no response arrived.
-    :ivar body: the parsed JSON body of an error response, or ``None``.
-    """
-
-    def __init__(self, message, status=None, body=None):
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
-@implementer(IPolicyForHTTPS)
-class _ClusterCAPolicy:
-    """
-    TLS for every server: present the client certificate, verify the server's
-    against the cluster CA.  Server certificates carry member names, not
-    addresses, so (as between members) the name is not matched to the URL's
-    host; any certificate of the cluster CA is trusted.
-    """
-
-    def __init__(self, options):
-        self._options = options
-
-    def creatorForNetloc(self, hostname, port):
-        return self._options
-
-
-class Client:
-    """
-    A client of one member's HTTP API (``docs/http-api.md``).
-
-    :param server: base URL, ``https://host:port`` (or ``http://`` when
-        ``insecure``).
-    :param cert: path of the client certificate (PEM); with ``key`` and ``ca``.
-    :param key: path of its private key.
-    :param ca: path of the cluster CA certificate.
-    :param insecure: allow a plain ``http://`` URL without certificates.
-    :param timeout: seconds a request may take.
-    :param reactor: the reactor; the global one when ``None``.
-    :param persistent: keep connections open between requests (then call
-        :meth:`close` when done); by default every request has its own.
-    :raises ValueError: for a URL whose scheme does not fit the options.
-    """
-
-    def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None,
-                 persistent=False):
-        import treq.client
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        if reactor is None:
-            from twisted.internet import reactor
-        server = server.rstrip("/")
-        if "://" not in server:
-            server = ("http://" if insecure else "https://") + server
-        scheme = server.split("://", 1)[0]
-        if scheme not in ("http", "https"):
-            raise ValueError(f"--server must be an http:// or https:// URL, got {server!r}")
-        if scheme == "http" and not insecure:
-            raise ValueError(f"{server} is plain HTTP: use https:// with --cert/--key/--ca, or pass --insecure")
-        self.server = server
-        self.timeout = timeout
-        self.reactor = reactor
-        policy = None
-        if scheme == "https":
-            missing = [name for name, value in (("cert", cert), ("key", key), ("ca", ca)) if not value]
-            if missing:
-                raise ValueError("HTTPS needs a client certificate: give " + ", ".join("--" + m for m in missing)
-                                 + " (or TXRAFT_CERT, TXRAFT_KEY, TXRAFT_CA)")
-            from txraft.transport.tls import TLSCredentials
-
-            policy = _ClusterCAPolicy(TLSCredentials.load(cert, key, ca).options())
-        # Without persistent connections nothing stays open after a request.
-        self._pool = HTTPConnectionPool(reactor, persistent=persistent)
-        self._pool.maxPersistentPerHost = 64
-        agent = Agent(reactor, contextFactory=policy, pool=self._pool, connectTimeout=timeout) \
-            if policy is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
-        self._http = treq.client.HTTPClient(agent)
-
-    def close(self):
-        """Close kept-alive connections; :returns: a Deferred firing when they are closed."""
-        return self._pool.closeCachedConnections()
-
-    def _url(self, key=None):
-        if key is None:
-            return self.server
-        return f"{self.server}/v1/kv/{quote(key, safe='')}"
-
-    async def _request(self, method, url, data=None, params=None):
-        try:
-            response = await self._http.request(method, url, data=data, params=params, timeout=self.timeout)
-            body = await response.content()
-        except defer.CancelledError:
-            raise ClientError(f"{method} {url}: no answer within {self.timeout:g} s") from None
-        except Exception as e:
-            raise ClientError(f"{method} {url}: {_describe(e)}") from None
-        return response.code, body
-
-    @staticmethod
-    def _json(code, body, url):
-        try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ClientError(f"{url}: HTTP {code} with a body that is not JSON: {body[:80]!r}", code) from None
-
-    def _failure(self, method, url, code, body):
-        try:
-            parsed = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            parsed = None
-        detail = parsed.get("error") if isinstance(parsed, dict) and parsed.get("error") else body[:200].decode(
-            "utf-8", "replace").strip()
-        return ClientError(f"{method} {url}: HTTP {code}: {detail}", code, parsed)
-
-    async def status(self):
-        """:returns: the member's ``/v1/status`` as a dict."""
-        url = self._url() + "/v1/status"
-        code, body = await self._request("GET", url)
-        if code != 200:
-            raise self._failure("GET", url, code, body)
-        return self._json(code, body, url)
-
-    async def put(self, key, value):
-        """Store ``value`` (bytes or str) under ``key``; :returns: the JSON reply, ``{"index": N}``."""
-        url = self._url(key)
-        code, body = await self._request("PUT", url, data=_bytes(value))
-        if code != 200:
-            raise self._failure("PUT", url, code, body)
-        return self._json(code, body, url)
-
-    async def get(self, key, stale=False):
-        """:returns: the value (bytes), or ``None`` when the key is absent."""
-        url = self._url(key)
-        code, body = await self._request("GET", url, params={"stale": "true"} if stale else None)
-        if code == 404:
-            return None
-        if code != 200:
-            raise self._failure("GET", url, code, body)
-        return body
-
-    async def delete(self, key):
-        """:returns: the JSON reply, ``{"index": N}``."""
-        url = self._url(key)
-        code, body = await self._request("DELETE", url)
-        if code != 200:
-            raise self._failure("DELETE", url, code, body)
-        return self._json(code, body, url)
-
-    async def cas(self, key, expect, value):
-        """
-        Set ``key`` to ``value`` if its value is ``expect`` (``None``: absent).
-
-        :returns: the JSON reply: ``{"ok": true, "index": N}`` or, on a
-            conflict, ``{"ok": false, "current": ...}``.
-        """
-        url = self._url(key) + "?cas"
-        payload = json.dumps({"expect": _text(expect), "value": _text(value)}).encode()
-        code, body = await self._request("POST", url, data=payload)
-        if code in (200, 409):
-            reply = self._json(code, body, url)
-            if isinstance(reply, dict):
-                reply.setdefault("ok", code == 200)
-                return reply
-        raise self._failure("POST", url, code, body)
-
-
-def _bytes(value):
-    return value.encode("utf-8") if isinstance(value, str) else value
-
-
-def _text(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return value
-
-
-def _describe(error):
-    """One line for a connection-level failure."""
-    from twisted.web._newclient import ResponseNeverReceived, RequestTransmissionFailed
-
-    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed)):
-        reasons = [r.getErrorMessage() for r in error.reasons]
-        text = "; ".join(r for r in reasons if r) or "connection closed"
-        return (f"the server closed the connection ({text}); "
-                "is the client certificate's name in the server's --client-acl?")
-    message = str(error) or type(error).__name__
-    return message.strip().splitlines()[0] if message.strip() else type(error).__name__
 
 
 # -- the commands -----------------------------------------------------------------

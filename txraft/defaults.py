@@ -30,12 +30,17 @@ def default_storage(config, reactor):
     return DiskStorage(config.log_dir, fsync=config.fsync, reactor=reactor)
 
 
-def default_transport(config, reactor):
+def default_transport(config, reactor, credentials=None):
     """
     :param config: a :class:`txraft.RaftConfig` (listen address, TLS files).
     :param reactor: the reactor to listen and connect with.
-    :returns: an :class:`~txraft.interfaces.ITransport`: AMP over mutual TLS.
+    :param credentials: loaded :class:`~txraft.tls.TLSCredentials`, or
+        ``None`` to load them from ``config``.
+    :returns: an :class:`~txraft.interfaces.ITransport`: AMP over mutual TLS,
+        behind a :class:`~txraft.metrics.CountingTransport` so that
+        :class:`~txraft.metrics.MemberMetrics` can report bytes per peer.
     """
+    from txraft.metrics import CountingTransport
     from txraft.transport.amp import AMPTransport
 
-    return AMPTransport.from_config(config, reactor)
+    return CountingTransport(AMPTransport.from_config(config, reactor, credentials=credentials))

@@ -1,6 +1,6 @@
 """
-``txraft demo``, and :class:`LocalCluster`: members as real ``twistd raft``
-processes on loopback.
+``txraft demo``: a cluster of real ``twistd raft`` processes on loopback,
+start to finish.
 
 The demo makes certificates in a temporary directory, starts three members as
 ``twistd -n --pidfile= raft ...`` processes on 127.0.0.21-23 (free ports),
@@ -9,9 +9,8 @@ certificate, kills the leader with SIGKILL, shows the new leader and that no
 data was lost, restarts the old leader and shows it catching up, prints a
 report with timings and removes every process and file.
 
-:class:`LocalCluster` is what the demo, ``tests/test_processes.py`` and
-``bench/bench_failover.py`` build clusters with.  It polls members' status
-over HTTP with deadlines; it never sleeps on hope.
+The cluster is a :class:`txraft.testing.processes.LocalCluster`, which tests
+use too.
 """
 
 from __future__ import annotations
@@ -19,268 +18,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 
-from txraft.cli import Client, ClientError
+# Re-exported: LocalCluster, Member and twistd_command lived here before.
+from txraft.testing.processes import LocalCluster, Member, twistd_command
 
 __all__ = ["LocalCluster", "Member", "run_demo", "twistd_command"]
-
-
-def twistd_command():
-    """:returns: the argv prefix that runs ``twistd`` with this Python."""
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def free_port(host):
-    """A TCP port free on ``host`` now (each member has its own address, so a clash is unlikely)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-class Member:
-    """
-    One member process of a :class:`LocalCluster`.
-
-    :ivar name: its certificate name (``member1``...).
-    :ivar id: its member id, ``host:port``.
-    :ivar http: base URL of its API.
-    :ivar process: the running ``subprocess.Popen``, or ``None``.
-    """
-
-    def __init__(self, name, host, port, http_port, directory):
-        self.name = name
-        self.host = host
-        self.port = port
-        self.http_port = http_port
-        self.id = f"{host}:{port}"
-        self.logdir = os.path.join(directory, name)
-        self.logfile = os.path.join(directory, name + ".out")
-        self.process = None
-        self.starts = 0
-
-    @property
-    def running(self):
-        return self.process is not None and self.process.poll() is None
-
-    def __repr__(self):
-        return f"<Member {self.name} {self.id}>"
-
-
-class LocalCluster:
-    """
-    A cluster of ``twistd raft`` processes on loopback addresses.
-
-    :param directory: where certificates, logs and process output go.
-    :param size: number of members.
-    :param hosts: one loopback address per member (default 127.0.0.21, .22...).
-    :param tls: certificates and HTTPS (``False``: ``--insecure``).
-    :param extra_args: more ``twistd raft`` options for every member.
-    :param client_name: name of the client certificate made for the API.
-    :param reactor: the reactor (for polling); the global one when ``None``.
-    :param persistent: keep HTTP connections open and reuse one client per
-        member (for load); :meth:`close_clients` closes them.
-    """
-
-    def __init__(self, directory, size=3, hosts=None, tls=True, extra_args=(), client_name="client",
-                 reactor=None, persistent=False):
-        if reactor is None:
-            from twisted.internet import reactor
-        self.reactor = reactor
-        self.directory = directory
-        self.tls = tls
-        self.extra_args = list(extra_args)
-        self.client_name = client_name
-        self.persistent = persistent
-        self._clients = {}
-        hosts = hosts or [f"127.0.0.{21 + i}" for i in range(size)]
-        self.members = [Member(f"member{i + 1}", host, free_port(host), free_port(host), directory)
-                        for i, host in enumerate(hosts)]
-        self.certs = None
-        if tls:
-            from txraft.certs import write_cluster_certs
-
-            self.certs = write_cluster_certs(os.path.join(directory, "certs"),
-                                             [m.name for m in self.members], client=client_name)
-
-    # -- processes ---------------------------------------------------------------
-
-    def argv(self, member):
-        """:returns: the command line that runs ``member``."""
-        peers = ",".join(f"{m.name}@{m.id}" for m in self.members)
-        argv = twistd_command() + ["-n", "--pidfile=", "raft", "--listen", member.id, "--peers", peers,
-                                   "--logdir", member.logdir, "--http", f"{member.host}:{member.http_port}"]
-        if self.tls:
-            cert, key = self.certs[member.name]
-            argv += ["--cert", cert, "--key", key, "--ca", self.certs["ca"][0],
-                     "--client-acl", self.client_name]
-        else:
-            argv += ["--insecure"]
-        return argv + self.extra_args
-
-    def start(self, member):
-        """Start ``member``'s process (its output goes to ``member.logfile``)."""
-        if member.running:
-            raise RuntimeError(f"{member} is already running")
-        member.starts += 1
-        with open(member.logfile, "ab") as out:
-            out.write(f"---- start {member.starts}\n".encode())
-            out.flush()
-            member.process = subprocess.Popen(self.argv(member), stdout=out, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, cwd=self.directory)
-        return member.process
-
-    def start_all(self):
-        for member in self.members:
-            self.start(member)
-
-    def kill(self, member, sig=signal.SIGKILL):
-        """Send ``sig`` to ``member``'s process (SIGKILL: no flushing, no goodbye)."""
-        if member.running:
-            member.process.send_signal(sig)
-
-    async def wait_exit(self, member, timeout=10.0):
-        """:returns: the exit status of ``member``'s process, waiting up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while member.process is not None and member.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{member} did not exit within {timeout:g} s")
-            await self.sleep(0.02)
-        return None if member.process is None else member.process.returncode
-
-    async def stop(self, timeout=10.0):
-        """Stop every process: SIGTERM, then SIGKILL for any still running after ``timeout``."""
-        for member in self.members:
-            self.kill(member, signal.SIGTERM)
-        for member in self.members:
-            try:
-                await self.wait_exit(member, timeout)
-            except TimeoutError:
-                self.kill(member, signal.SIGKILL)
-                await self.wait_exit(member, 5.0)
-
-    def kill_all_now(self):
-        """SIGKILL and reap every process, synchronously (for teardown after errors)."""
-        for member in self.members:
-            if member.process is not None:
-                if member.process.poll() is None:
-                    member.process.kill()
-                try:
-                    member.process.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
-
-    def output(self, member):
-        """:returns: what ``member``'s processes printed so far."""
-        try:
-            with open(member.logfile, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    # -- clients and conditions ------------------------------------------------------
-
-    def client(self, member, name=None, timeout=15.0):
-        """:returns: a :class:`txraft.cli.Client` for ``member``'s API (client certificate ``name``)."""
-        if self.persistent:
-            cached = self._clients.get((member.id, name, timeout))
-            if cached is None:
-                cached = self._clients[(member.id, name, timeout)] = self._new_client(member, name, timeout)
-            return cached
-        return self._new_client(member, name, timeout)
-
-    async def close_clients(self):
-        """Close the connections of persistent clients."""
-        clients, self._clients = list(self._clients.values()), {}
-        await defer.gatherResults([c.close() for c in clients])
-
-    def _new_client(self, member, name, timeout):
-        scheme = "https" if self.tls else "http"
-        url = f"{scheme}://{member.host}:{member.http_port}"
-        if not self.tls:
-            return Client(url, insecure=True, timeout=timeout, reactor=self.reactor, persistent=self.persistent)
-        cert, key = self.certs[name or self.client_name]
-        return Client(url, cert, key, self.certs["ca"][0], timeout=timeout, reactor=self.reactor,
-                      persistent=self.persistent)
-
-    def sleep(self, seconds):
-        return task.deferLater(self.reactor, seconds, lambda: None)
-
-    async def status(self, member, timeout=2.0):
-        """:returns: ``member``'s ``/v1/status``, or ``None`` when it does not answer."""
-        if not member.running:
-            return None
-        try:
-            return await self.client(member, timeout=timeout).status()
-        except ClientError:
-            return None
-
-    async def statuses(self, members=None):
-        members = self.members if members is None else members
-        results = await defer.gatherResults([defer.ensureDeferred(self.status(m)) for m in members])
-        return dict(zip([m.id for m in members], results))
-
-    async def wait_for(self, condition, timeout, what, interval=0.05):
-        """
-        Poll ``condition()`` (a coroutine function) until it returns a true
-        value, and return it.
-
-        :raises TimeoutError: naming ``what`` after ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            last = await condition()
-            if last:
-                return last
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:g} s")
-            await self.sleep(interval)
-
-    async def agreed_leader(self, members=None, timeout=20.0, exclude=()):
-        """
-        Wait until every running member among ``members`` names the same
-        leader, which says it leads, and is not in ``exclude``.
-
-        :returns: the leader's :class:`Member`.
-        """
-        members = [m for m in (self.members if members is None else members) if m.running]
-        by_id = {m.id: m for m in self.members}
-
-        async def agreed():
-            statuses = await self.statuses(members)
-            if any(s is None for s in statuses.values()):
-                return None
-            leaders = {s["leader"] for s in statuses.values()}
-            if len(leaders) != 1:
-                return None
-            leader = leaders.pop()
-            if not leader or leader in exclude or leader not in by_id:
-                return None
-            if statuses.get(leader, {}).get("role") != "leader":
-                return None
-            return by_id[leader]
-
-        return await self.wait_for(agreed, timeout, "an agreed leader")
-
-    async def caught_up(self, member, index, timeout=20.0):
-        """Wait until ``member`` has applied ``index``."""
-
-        async def applied():
-            s = await self.status(member)
-            return s is not None and s["applied_index"] >= index
-
-        await self.wait_for(applied, timeout, f"{member.name} applied index {index}")
 
 
 # -- the demo ------------------------------------------------------------------------

@@ -77,6 +77,14 @@ class StorageError(RaftError):
     """The storage cannot be read or written; the message names the file."""
 
 
+class StorageClosed(StorageError):
+    """
+    The storage was used after :meth:`~txraft.interfaces.IStorage.close` (or
+    opened a second time).  Every :class:`~txraft.interfaces.IStorage` raises
+    this, so callers need not know which store they hold.
+    """
+
+
 class CorruptLog(StorageError):
     """
     A log or snapshot file is damaged somewhere other than its tail, so data that

@@ -167,6 +167,8 @@ class IStorage(Interface):
     durable in the order they were issued, so a later Deferred firing implies
     every earlier write is durable too.
 
+    Life cycle: :meth:`open`, then reads and writes, then :meth:`close`.
+
     Invariant: ``first_index - 1`` is the index of the latest snapshot (0 with
     none); ``first_index <= last_index + 1``.
     """
@@ -174,6 +176,23 @@ class IStorage(Interface):
     hard_state = Attribute("The latest :class:`txraft.messages.HardState` written.")
     first_index = Attribute("Index of the first entry still stored.")
     last_index = Attribute("Index of the last entry stored (the snapshot's index if the log is empty).")
+
+    def open():
+        """
+        Make the storage ready: recover what it holds (or create it empty).
+        Call it once, before any other method; an implementation with nothing
+        to recover (:class:`~txraft.storage.memory.MemoryStorage`) may also be
+        used without it.
+
+        Opening is not idempotent: a second call, or a call after
+        :meth:`close`, fails, so that two members can never share one store by
+        mistake.
+
+        :returns: a Deferred that fires with this storage once it is ready.
+            It fails with :class:`txraft.errors.StorageClosed` after
+            :meth:`close`, and with another :class:`txraft.errors.StorageError`
+            when the storage was already opened or cannot be recovered.
+        """
 
     def term_at(index):
         """
@@ -211,7 +230,13 @@ class IStorage(Interface):
         """:returns: an :class:`ISnapshotSource` for the latest snapshot, or ``None``."""
 
     def close():
-        """Flush and release everything.  :returns: a Deferred."""
+        """
+        Flush and release everything.  Closing twice is harmless.  After
+        ``close()`` every write (:meth:`save_hard_state`, :meth:`append`,
+        :meth:`snapshot_writer`) raises :class:`txraft.errors.StorageClosed`.
+
+        :returns: a Deferred that fires once everything issued is durable.
+        """
 
 
 class IRPCHandler(Interface):
@@ -235,7 +260,10 @@ class ITransport(Interface):
         Begin accepting requests and deliver them to ``handler``
         (an :class:`IRPCHandler`).
 
-        :returns: a Deferred that fires once the member can be reached.
+        :returns: a Deferred that fires once the member can be reached, with
+            the ``"host:port"`` it is reached at when the transport chose it
+            (listening on port 0), or ``None`` when the member id given to
+            the transport stands.
         """
 
     def send(peer, message):

@@ -106,15 +106,13 @@ class Raft:
         self._state = "starting"
         if self._storage is None:
             self._storage = defaults.default_storage(self.config, self.reactor)
-        opener = getattr(self._storage, "open", None)
-        if opener is not None:
-            yield defer.maybeDeferred(opener)
+        yield defer.maybeDeferred(self._storage.open)
         if self._transport is None:
             self._transport = defaults.default_transport(self.config, self.reactor)
         # Listen first: with port 0 the member id is only known afterwards.
         # Requests that arrive before the core exists are refused as Stopped.
         listening = yield self._transport.start(self)
-        self._adopt_address(listening if isinstance(listening, str) else getattr(self._transport, "address", None))
+        self._adopt_address(listening)
         self.core = RaftCore(self.id, self._members, self._storage, self._transport,
                              self.client, self.reactor, self.rng, self.config)
         self._proposals = Proposals(self.core, self.reactor, self.config, self._session)

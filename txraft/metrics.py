@@ -13,7 +13,15 @@ Gauges (term, role, commit/applied/last index) are read from
 events (leader changes, snapshots installed from the leader) come from the
 core, which the metrics observe (:class:`~txraft.interfaces.IRaftObserver`)
 once the member has started.  Bytes replicated per peer are counted by
-:class:`CountingTransport`, a wrapper around the member's transport.
+:class:`CountingTransport`, a wrapper stacked on the member's transport where
+the transport is made, so the member sends through it from the start::
+
+    transport = CountingTransport(AMPTransport.from_config(config, reactor))
+    raft = Raft(config, app, transport=transport)
+    metrics = MemberMetrics(raft, transport=transport)
+
+(:class:`txraft.service.RaftService` does this.)  Without a counting
+transport the replicated-bytes families are exposed empty.
 
 Every name starts with ``txraft_``:
 
@@ -62,7 +70,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class CountingTransport:
     """
     An :class:`~txraft.interfaces.ITransport` that passes everything to
-    ``transport`` and counts what it sends per peer.
+    ``transport`` and counts what it sends per peer.  Stack it on a
+    transport before the member is built with it.
+
+    :param transport: the :class:`~txraft.interfaces.ITransport` wrapped.
 
     :ivar entry_bytes: peer -> bytes of log entries sent in AppendEntries
         (``Entry.size()``, the same measure that bounds batches).
@@ -75,6 +86,11 @@ class CountingTransport:
         self.entry_bytes = {}
         self.snapshot_bytes = {}
         self.entries = {}
+
+    @property
+    def address(self):
+        """The wrapped transport's ``address`` (the member id it listens as), if it has one."""
+        return getattr(self.transport, "address", None)
 
     def start(self, handler):
         return self.transport.start(handler)
@@ -101,14 +117,18 @@ class MemberMetrics(RaftObserver):
         the first scrape or :meth:`attach` call.
     :param registry: a :class:`prometheus_client.CollectorRegistry`; a new
         one by default.
-    :param bool count_bytes: wrap the core's transport in a
-        :class:`CountingTransport` (unless it is one already) to count bytes
-        replicated per peer.
+    :param bool count_bytes: expose the bytes replicated per peer counted by
+        ``transport``.
+    :param transport: the :class:`CountingTransport` the member was built
+        with, or ``None`` (nothing is counted).  The metrics never replace
+        the transport of a member.
     """
 
     log = Logger()
 
-    def __init__(self, raft, registry=None, count_bytes=True):
+    def __init__(self, raft, registry=None, count_bytes=True, transport=None):
+        if transport is not None and not isinstance(transport, CountingTransport):
+            raise TypeError(f"transport must be a CountingTransport, not {type(transport).__name__}")
         self.raft = raft
         self.registry = registry if registry is not None else CollectorRegistry()
         self.count_bytes = count_bytes
@@ -125,7 +145,7 @@ class MemberMetrics(RaftObserver):
         self.snapshots_installed = 0
         self._core = None
         self._first_term = None
-        self.transport = None  # the CountingTransport, once attached
+        self.transport = transport if count_bytes else None
         self.registry.register(_StatusCollector(self))
         self.attach()
 
@@ -145,13 +165,11 @@ class MemberMetrics(RaftObserver):
         self._core = core
         self._first_term = core.term
         core.add_observer(self)
-        transport = getattr(core, "transport", None)
-        if isinstance(transport, CountingTransport):
-            self.transport = transport
-        elif self.count_bytes and transport is not None:
-            # The core has no send hook: stack a counting wrapper in front of
-            # its transport (treq-style), which changes nothing it sends.
-            self.transport = core.transport = CountingTransport(transport)
+        found = getattr(core, "transport", None)
+        if self.transport is None and self.count_bytes and isinstance(found, CountingTransport):
+            # Built by txraft.defaults: the member already sends through a
+            # counting transport; read it, never replace it.
+            self.transport = found
         return True
 
     def leader_changed(self, leader, term):
@@ -246,11 +264,11 @@ class _StatusCollector:
         entries = CounterMetricFamily("txraft_replicated_entries", "Log entries sent to each peer",
                                       labels=["peer"])
         transport = metrics.transport
-        for peer in status.members:
+        for peer in status.members if transport is not None else ():
             if peer == status.id:
                 continue
-            sent.add_metric([peer, "entries"], transport.entry_bytes.get(peer, 0) if transport else 0)
-            sent.add_metric([peer, "snapshot"], transport.snapshot_bytes.get(peer, 0) if transport else 0)
-            entries.add_metric([peer], transport.entries.get(peer, 0) if transport else 0)
+            sent.add_metric([peer, "entries"], transport.entry_bytes.get(peer, 0))
+            sent.add_metric([peer, "snapshot"], transport.snapshot_bytes.get(peer, 0))
+            entries.add_metric([peer], transport.entries.get(peer, 0))
         yield sent
         yield entries

@@ -32,7 +32,7 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
@@ -41,21 +41,33 @@ from zope.interface import implementer
 
 from txraft.errors import RaftError
 from txraft.member import Raft
+from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
 
 __all__ = ["RaftService", "ClientCertificateSite"]
 
 
 @implementer(IHandshakeListener)
-class _ClientCheckedChannel(http.HTTPChannel):
+class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     """
     An HTTP connection that is aborted right after its TLS handshake unless
-    the client's certificate carries a name in the site's ``client_acl``.
+    the client's certificate carries a name in the site's client ACL (the
+    check members apply to each other, :class:`ACLCheckedProtocolMixin`).
 
-    ``TLSMemoryBIOProtocol`` calls :meth:`handshakeCompleted` before it
-    delivers any request byte, so a refused client never reaches a resource.
+    :ivar closed: a Deferred that fires (with ``None``) once the connection
+        is lost, whoever closed it.
     """
 
-    log = Logger()
+    side = "HTTP API"
+    peer_role = "client"
+
+    def __init__(self):
+        super().__init__()
+        self.closed = defer.Deferred()
+
+    @property
+    def policy(self):
+        """The site's :class:`AccessPolicy`; ``None`` (plain HTTP) admits everyone."""
+        return self.factory.policy
 
     def connectionMade(self):
         super().connectionMade()
@@ -63,24 +75,10 @@ class _ClientCheckedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason):
         self.factory.connections.discard(self)
-        super().connectionLost(reason)
-
-    def handshakeCompleted(self):
-        from txraft.transport.tls import certificate_names
-
-        site = self.factory
-        if site.client_acl is None:
-            return
-        x509_cert = self.transport.getPeerCertificate()
-        names = certificate_names(x509_cert.to_cryptography()) if x509_cert is not None else frozenset()
-        if not names & site.client_acl:
-            peer = self.transport.getPeer()
-            self.log.warn(
-                "HTTP API: refused client {peer} with certificate names {names}: no name is in --client-acl",
-                peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
-                names=sorted(names),
-            )
-            self.transport.abortConnection()
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.closed.callback(None)
 
 
 class ClientCertificateSite(server.Site):
@@ -89,6 +87,10 @@ class ClientCertificateSite(server.Site):
     certificate names meet ``client_acl`` (``None``: everyone, for plain
     HTTP), keeps track of its connections so that they can be closed with
     the service, and does not write an access log line per request.
+
+    :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied
+        after each TLS handshake, or ``None``.
+    :ivar connections: the open connections; each has a ``closed`` Deferred.
     """
 
     protocol = _ClientCheckedChannel
@@ -96,11 +98,24 @@ class ClientCertificateSite(server.Site):
     def __init__(self, resource, client_acl=None, reactor=None):
         super().__init__(resource, reactor=reactor)
         self.client_acl = frozenset(client_acl) if client_acl is not None else None
+        self.policy = None if client_acl is None else AccessPolicy.build(
+            self.client_acl, unlisted="no name is in --client-acl")
         self.connections = set()
         self.noisy = False
 
     def log(self, request):
         """No access log: a busy member would spend its time writing it."""
+
+    def close_connections(self):
+        """
+        Abort every open connection.
+
+        :returns: a Deferred firing once all of them are closed.
+        """
+        channels = list(self.connections)
+        for channel in channels:
+            channel.transport.abortConnection()
+        return defer.DeferredList([channel.closed for channel in channels]).addCallback(lambda _: None)
 
 
 class RaftService(service.MultiService):
@@ -128,8 +143,15 @@ class RaftService(service.MultiService):
     :param exit_on_failure: when the member cannot start, log one line, stop
         the reactor and exit the process with status 1 (what ``twistd raft``
         wants; embedding applications leave it off and watch :attr:`ready`).
+    :param credentials: the member's :class:`~txraft.transport.tls.TLSCredentials`,
+        already loaded (``twistd raft`` loads them while checking its
+        options); by default they are loaded from ``config`` once, at start.
+        The member transport and the HTTPS API share them.
 
     :ivar raft: the :class:`txraft.member.Raft`, from :meth:`startService` on.
+    :ivar transport: the member's transport, wrapped in a
+        :class:`~txraft.metrics.CountingTransport` (bytes replicated per peer,
+        for the metrics) before the member is built.
     :ivar ready: a Deferred firing with this service once the member runs and
         the HTTP API listens, or failing with the reason it could not start.
         A new one is made by every :meth:`startService`.
@@ -139,7 +161,8 @@ class RaftService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
-                 transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024):
+                 transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024,
+                 credentials=None):
         super().__init__()
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -156,6 +179,8 @@ class RaftService(service.MultiService):
         self.api = api if api is not None else _key_value_api
         self._storage = storage
         self._transport = transport
+        self.credentials = credentials
+        self.transport = None
         self.raft = None
         self.metrics = None
         self.ready = None
@@ -168,15 +193,40 @@ class RaftService(service.MultiService):
 
     def startService(self):
         super().startService()
-        self.raft = Raft(self.config, self.app, reactor=self.reactor, transport=self._transport,
-                         storage=self._storage)
-        for member in self.members:
-            self.raft.add_member(member)
         self.ready = defer.Deferred()
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._failed)
 
+    def _load_credentials(self):
+        """:returns: the member's credentials, loaded once; ``None`` when insecure."""
+        if self.config.insecure:
+            return None
+        if self.credentials is None:
+            from txraft.transport.tls import TLSCredentials
+
+            self.credentials = TLSCredentials.load(self.config.cert, self.config.key, self.config.ca)
+        return self.credentials
+
+    def _member_transport(self):
+        """The transport the member is built with: the given one or AMP, counted for the metrics."""
+        from txraft.defaults import default_transport
+        from txraft.metrics import CountingTransport
+
+        if self._transport is None:
+            return default_transport(self.config, self.reactor, credentials=self._load_credentials())
+        if isinstance(self._transport, CountingTransport):
+            return self._transport
+        return CountingTransport(self._transport)
+
     async def _start(self):
+        # Everything up to the first await runs within startService, so
+        # ``raft`` is set on return unless building it failed (then ``ready``
+        # fails with the reason, like any other failure to start).
+        self.transport = self._member_transport()
+        self.raft = Raft(self.config, self.app, reactor=self.reactor, transport=self.transport,
+                         storage=self._storage)
+        for member in self.members:
+            self.raft.add_member(member)
         await self.raft.start()
         if self.http is not None:
             await self._listen_http()
@@ -232,12 +282,8 @@ class RaftService(service.MultiService):
             port, self._port = self._port, None
             await defer.maybeDeferred(port.stopListening)
         if self._site is not None:
-            waits = []
-            for channel in list(self._site.connections):
-                waits.append(_connection_closed(channel))
-                channel.transport.abortConnection()
-            await defer.DeferredList(waits)
-            self._site = None
+            site, self._site = self._site, None
+            await site.close_connections()
         if self.raft is not None:
             await self.raft.stop()
         await defer.maybeDeferred(super_stop)
@@ -247,20 +293,13 @@ class RaftService(service.MultiService):
     async def _listen_http(self):
         resource = self.api(self)
         host, port = self.http
-        if self.config.insecure:
-            self._site = ClientCertificateSite(resource, client_acl=None, reactor=self.reactor)
-            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
-            if ":" in host:
-                endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-        else:
-            from txraft.transport.tls import TLSCredentials
-
-            credentials = TLSCredentials.load(self.config.cert, self.config.key, self.config.ca)
-            self._site = ClientCertificateSite(resource, client_acl=self.client_acl, reactor=self.reactor)
-            endpoint = endpoints.SSL4ServerEndpoint(self.reactor, port, credentials.options(), interface=host)
+        credentials = self._load_credentials()
+        client_acl = None if credentials is None else self.client_acl
+        self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor)
+        endpoint = server_endpoint(self.reactor, host, port, credentials)
         self._port = await endpoint.listen(self._site)
         self.http_address = (host, self._port.getHost().port)
-        if self.config.insecure:
+        if credentials is None:
             self.log.warn("HTTP API on {host}:{port} is INSECURE: plain HTTP, clients are not authenticated",
                           host=host, port=self.http_address[1])
 
@@ -270,24 +309,9 @@ def _key_value_api(svc):
     from txraft.http import create_api
     from txraft.metrics import MemberMetrics
 
-    svc.metrics = MemberMetrics(svc.raft)
+    svc.metrics = MemberMetrics(svc.raft, transport=svc.transport)
     return create_api(svc.raft, svc.app, metrics=svc.metrics, request_timeout=svc.config.request_timeout,
                       max_command_size=svc.max_command_size)
-
-
-def _connection_closed(channel):
-    d = defer.Deferred()
-    lost = channel.connectionLost
-
-    def connection_lost(reason):
-        try:
-            lost(reason)
-        finally:
-            if not d.called:
-                d.callback(None)
-
-    channel.connectionLost = connection_lost
-    return d
 
 
 def _exit_failed():

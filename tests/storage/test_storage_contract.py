@@ -9,6 +9,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from zope.interface.verify import verifyObject
 
+from txraft.errors import StorageClosed, StorageError
 from txraft.interfaces import IStorage
 from txraft.messages import HardState, SnapshotMeta
 from txraft.storage.disk import DiskStorage
@@ -26,7 +27,7 @@ def _disk(tmp_path):
 
 
 def _memory(tmp_path):
-    return defer.succeed(MemoryStorage(reactor))
+    return MemoryStorage(reactor).open()
 
 
 KINDS = [pytest.param(_disk, id="disk")]
@@ -166,3 +167,27 @@ def test_abort_keeps_the_previous_snapshot(storage):
         source.close()
     assert storage.first_index == 3
 
+
+@deferred_test
+def test_opening_twice_fails_and_leaves_the_storage_usable(storage):
+    """open() is not idempotent: a second call is a mistake (two members on one store), never a no-op."""
+    with pytest.raises(StorageError) as raised:
+        yield storage.open()
+    assert not isinstance(raised.value, StorageClosed)
+    yield storage.append([entry(1, 1)])
+    assert storage.last_index == 1
+
+
+@deferred_test
+def test_a_closed_storage_refuses_every_write_with_storage_closed(storage):
+    yield storage.append([entry(1, 1)])
+    yield storage.close()
+    with pytest.raises(StorageClosed):
+        storage.save_hard_state(HardState(2, "a"))
+    with pytest.raises(StorageClosed):
+        storage.append([entry(1, 2)])
+    with pytest.raises(StorageClosed):
+        storage.snapshot_writer(SnapshotMeta(1, 1))
+    with pytest.raises(StorageClosed):
+        yield storage.open()
+    yield storage.close()  # closing again is harmless

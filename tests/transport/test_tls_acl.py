@@ -5,7 +5,7 @@ import pytest
 from txraft import errors as e
 from txraft import messages as m
 
-from .conftest import Recorder, bounded
+from .conftest import MEMBERS, Recorder, bounded
 
 
 def vote(candidate):
@@ -128,3 +128,58 @@ async def test_an_insecure_peer_cannot_talk_to_a_tls_member(members):
     with pytest.raises(e.TransportError):
         await client.send(server.address, m.ReadIndex())
     assert handler.received == []
+
+
+@bounded(15)
+async def test_one_name_check_refuses_a_wrong_name_on_the_member_port_and_the_https_api(
+        members, pki, logged, monkeypatch):
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+
+    from txraft.http_client import Client, ClientError
+    from txraft.service import ClientCertificateSite
+    from txraft.transport.tls import AccessPolicy, TLSCredentials, server_endpoint
+
+    decided = []
+    admit = AccessPolicy.admit
+
+    def spied_admit(policy, cert, expected_name=None):
+        decision = admit(policy, cert, expected_name)
+        decided.append((sorted(policy.acl), sorted(decision.names), decision.allowed))
+        return decision
+
+    monkeypatch.setattr(AccessPolicy, "admit", spied_admit)
+
+    class Hello(Resource):
+        isLeaf = True
+        rendered = 0
+
+        def render_GET(self, request):
+            Hello.rendered += 1
+            return b"hello"
+
+    handler = Recorder()
+    server = await members.started(1, handler)
+    site = ClientCertificateSite(Hello(), client_acl=["member2"], reactor=reactor)
+    credentials = TLSCredentials.load(**pki.files("member1"))
+    port = await server_endpoint(reactor, "127.0.0.11", 0, credentials).listen(site)
+    url = f"https://127.0.0.11:{port.getHost().port}/"
+    try:
+        outsider = await members.started(3, name="outsider")
+        with pytest.raises(e.TransportError):
+            await outsider.send(server.address, m.ReadIndex())
+        with pytest.raises(ClientError, match="closed the connection"):
+            await Client(url, **pki.files("outsider"), timeout=5)._request("GET", url)
+        assert handler.received == [] and Hello.rendered == 0
+        # A listed name gets through on the HTTPS side.
+        assert await Client(url, **pki.files("member2"), timeout=5)._request("GET", url) == (200, b"hello")
+    finally:
+        await port.stopListening()
+        await site.close_connections()
+    refused = [d for d in decided if not d[2]]
+    assert (sorted(MEMBERS), ["outsider"], False) in refused  # the member port
+    assert (["member2"], ["outsider"], False) in refused  # the HTTPS API
+    assert any(line.startswith("server: refused peer 127.0.0.13") and "['outsider']" in line
+               and "no certificate name is in the ACL" in line for line in logged)
+    assert any(line.startswith("HTTP API: refused client ") and "['outsider']" in line
+               and "no name is in --client-acl" in line for line in logged)

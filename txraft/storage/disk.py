@@ -59,7 +59,7 @@ from zope.interface import implementer
 
 from txraft import codec
 from txraft.config import FSYNC_POLICIES
-from txraft.errors import ConfigurationError, CorruptLog, StorageError
+from txraft.errors import ConfigurationError, CorruptLog, StorageClosed, StorageError
 from txraft.interfaces import IStorage
 from txraft.messages import Entry, HardState, SnapshotMeta
 from txraft.storage.files import fsync_directory, list_files, log_name, snapshot_name
@@ -194,7 +194,9 @@ class DiskStorage:
             :class:`ConfigurationError` (``log_dir`` is not a directory),
             :class:`StorageError` (it cannot be written) or :class:`CorruptLog`.
         """
-        if self._opened or self._closed:
+        if self._closed:
+            return defer.fail(StorageClosed(f"{self.log_dir}: storage is closed"))
+        if self._opened:
             return defer.fail(StorageError(f"{self.log_dir}: storage already opened"))
         self._opened = True
         self._opening = defer.Deferred()
@@ -408,10 +410,10 @@ class DiskStorage:
     # -- writes --------------------------------------------------------------
 
     def _check_writable(self):
+        if self._closed:
+            raise StorageClosed(f"{self.log_dir}: storage is closed")
         if self._index is None:
             raise StorageError(f"{self.log_dir}: storage is not open")
-        if self._closed:
-            raise StorageError(f"{self.log_dir}: storage is closed")
 
     def _refused(self):
         """:returns: a failed Deferred for a write refused after an earlier one failed."""

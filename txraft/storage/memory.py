@@ -16,6 +16,7 @@ import io
 from twisted.internet import defer
 from zope.interface import implementer
 
+from txraft.errors import StorageClosed, StorageError
 from txraft.interfaces import ISnapshotSource, ISnapshotWriter, IStorage
 from txraft.messages import HardState, SnapshotMeta
 
@@ -88,6 +89,30 @@ class MemoryStorage:
         #: Counts writes; lets observers skip re-reading an unchanged log.
         self.version = 0
         self.closed = False
+        self._opened = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self):
+        """
+        :class:`~txraft.interfaces.IStorage`: there is nothing to recover, so
+        this only marks the storage opened (it is usable without it).
+
+        :returns: a Deferred firing with this storage; failing with
+            :class:`~txraft.errors.StorageClosed` after :meth:`close` or
+            :meth:`crash`, or :class:`~txraft.errors.StorageError` when
+            already opened.
+        """
+        if self.closed:
+            return defer.fail(StorageClosed("storage is closed"))
+        if self._opened:
+            return defer.fail(StorageError("storage already opened"))
+        self._opened = True
+        return defer.succeed(self)
+
+    def _check_writable(self):
+        if self.closed:
+            raise StorageClosed("storage is closed")
 
     # -- reads -----------------------------------------------------------
 
@@ -125,8 +150,7 @@ class MemoryStorage:
     # -- writes ----------------------------------------------------------
 
     def _write(self, op):
-        if self.closed:
-            raise RuntimeError("storage is closed")
+        self._check_writable()
         self._visible.apply(op)
         self.version += 1
         d = defer.Deferred()
@@ -154,6 +178,7 @@ class MemoryStorage:
         return self._write(("hard_state", state))
 
     def append(self, entries):
+        self._check_writable()
         entries = list(entries)
         if not entries:
             raise ValueError("append() needs at least one entry")
@@ -174,6 +199,7 @@ class MemoryStorage:
         return self._write(("noop",))
 
     def snapshot_writer(self, meta):
+        self._check_writable()
         return _SnapshotWriter(self, meta)
 
     def open_snapshot(self):

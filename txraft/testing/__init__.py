@@ -7,6 +7,9 @@ Deterministic testing for txraft and for applications built on it.
 - :func:`run_schedule`: one random fault schedule; ``python -m txraft.testing
   --seeds N --members 3`` runs many and prints the seed and trace of any
   failure.
+- :class:`txraft.testing.processes.LocalCluster` (import it from there; it is
+  not loaded with this package): real ``twistd raft`` member processes on
+  loopback, for end-to-end tests.
 """
 
 from txraft.testing.checks import SafetyChecker, SafetyViolation

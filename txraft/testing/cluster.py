@@ -82,11 +82,15 @@ class SimulatedCluster:
     :param fsync_delay: simulated fsync latency in seconds.
     :param checker: an object with ``check(cluster)``, called after every
         step (see :class:`txraft.testing.checks.SafetyChecker`), or ``None``.
+    :param wrap_transport: called with each member's transport whenever the
+        member is built; the member uses what it returns (for example a
+        :class:`txraft.metrics.CountingTransport`), kept in ``transports``.
     """
 
     def __init__(self, size=3, seed=0, client_factory=RecordingClient, heartbeat=0.05,
                  snapshot_threshold=1000, delay=(0.001, 0.005), drop_rate=0.0,
-                 duplicate_rate=0.0, fsync_delay=0.002, checker=None, request_timeout=5.0):
+                 duplicate_rate=0.0, fsync_delay=0.002, checker=None, request_timeout=5.0,
+                 wrap_transport=None):
         self.clock = Clock()
         self.rng = random.Random(seed)
         self.network = MemoryNetwork(self.clock, random.Random(self.rng.random()), delay,
@@ -98,6 +102,8 @@ class SimulatedCluster:
         self.request_timeout = request_timeout
         self.fsync_delay = fsync_delay
         self.storages = {i: MemoryStorage(self.clock, fsync_delay) for i in self.ids}
+        self.wrap_transport = wrap_transport
+        self.transports = {}  # member id -> the transport its member was built with
         self.members = {}
         self.clients = {}
         self.crashed = set()
@@ -115,8 +121,11 @@ class SimulatedCluster:
 
     def _launch(self, member_id):
         client = self.client_factory()
-        member = Raft(self.config(member_id), client, reactor=self.clock,
-                      transport=self.network.transport(member_id),
+        transport = self.network.transport(member_id)
+        if self.wrap_transport is not None:
+            transport = self.wrap_transport(transport)
+        self.transports[member_id] = transport
+        member = Raft(self.config(member_id), client, reactor=self.clock, transport=transport,
                       storage=self.storages[member_id], rng=random.Random(self.rng.random()))
         for other in self.ids:
             member.add_member(other)

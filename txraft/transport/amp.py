@@ -57,8 +57,8 @@ from txraft.transport import commands, fragments
 from txraft.transport.addresses import member_id
 from txraft.transport.arguments import Blob, BlobRef, Encoded
 from txraft.transport.fragments import FRAGMENT_SIZE, FRAGMENT_WINDOW, MAX_MESSAGE_BYTES
-from txraft.transport.links import PeerLink, client_endpoint, listening_endpoint, retry_policy
-from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials
+from txraft.transport.links import PeerLink, client_endpoint, retry_policy
+from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials, server_endpoint
 
 __all__ = ["AMPTransport", "MemberProtocol", "MemberContext", "MAX_MESSAGE_BYTES", "FRAGMENT_SIZE", "FRAGMENT_WINDOW"]
 
@@ -441,11 +441,13 @@ class AMPTransport:
         self.connect_timeout = connect_timeout
         if self.insecure:
             self._policy = None
+            self._credentials = None
             self._tls_options = None
         else:
             if credentials is None:
                 credentials = TLSCredentials.load(cert, key, ca)
             self._policy = AccessPolicy.build(acl, credentials.certificate, self.peer_names)
+            self._credentials = credentials
             self._tls_options = credentials.options()
         self._retry_policy = retry_policy(initial_delay, max_delay, random or _random_module.Random())
         self._context = MemberContext(self._policy, max_message_bytes)
@@ -493,7 +495,7 @@ class AMPTransport:
         if self._context.stopping:
             return defer.fail(e.Stopped("this transport was stopped"))
         self._context.handler = handler
-        endpoint = listening_endpoint(self.reactor, self.host, self._listen_port, self._tls_options)
+        endpoint = server_endpoint(self.reactor, self.host, self._listen_port, self._credentials)
 
         def listening(port):
             self._port = port

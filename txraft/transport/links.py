@@ -1,7 +1,8 @@
 """
 Connections between members: one reconnecting outgoing link per peer
-(:class:`PeerLink`), its reconnection policy, and the endpoints members
-connect from and listen on.
+(:class:`PeerLink`), its reconnection policy, and the endpoint a member
+dials a peer with.  (The listening endpoint comes from
+:func:`txraft.transport.tls.server_endpoint`, shared with the HTTPS API.)
 
 A link is a :class:`~twisted.application.internet.ClientService` that keeps
 one connection to its peer up, reconnecting after ``initial_delay`` and
@@ -28,7 +29,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txraft import errors as e
 
-__all__ = ["PeerLink", "retry_policy", "client_endpoint", "listening_endpoint"]
+__all__ = ["PeerLink", "retry_policy", "client_endpoint"]
 
 
 def retry_policy(initial_delay, max_delay, rng):
@@ -62,18 +63,6 @@ def client_endpoint(reactor, host, port, *, bind_host, timeout):
     if _is_ip(host, 6):
         return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
     return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
-
-
-def listening_endpoint(reactor, host, port, tls_options=None):
-    """
-    :returns: the endpoint a member listens on: TLS with ``tls_options``, or
-        plain TCP (IPv4 or IPv6 after ``host``) when they are ``None``.
-    """
-    if tls_options is not None:
-        return endpoints.SSL4ServerEndpoint(reactor, port, tls_options, interface=host)
-    if ":" in host:
-        return endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
-    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
 class _ClientFactory(Factory):

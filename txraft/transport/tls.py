@@ -17,7 +17,7 @@ the names it saw and why.
 
 Admission is about the connection; claims are about messages.  When the member
 list gives certificate names (``NAME@HOST:PORT``, see
-:mod:`txraft.transport.peers`), a request whose ``candidate`` or ``leader``
+:mod:`txraft.transport.addresses`), a request whose ``candidate`` or ``leader``
 field claims to come from such a member is refused with
 :class:`txraft.errors.Unauthorized` unless the connection's certificate carries
 that member's name (:meth:`AccessPolicy.check_claim`): an admitted peer cannot
@@ -26,6 +26,22 @@ speak for another.
 The check runs in :meth:`IHandshakeListener.handshakeCompleted`, which
 ``TLSMemoryBIOProtocol`` calls before it delivers any application data;
 ``getPeerCertificate()`` is still ``None`` in ``connectionMade``.
+
+This module is the one place that decides how a member listens and whom it
+admits, for member connections and the HTTPS API alike:
+
+- :meth:`TLSCredentials.load` reads the certificate files; the service loads
+  them once at start and hands the same :class:`TLSCredentials` to the member
+  transport and to the HTTPS site.
+- :func:`server_endpoint` makes the listening endpoint: TLS with those
+  credentials, or plain TCP when there are none (insecure mode).
+- :class:`ACLCheckedProtocolMixin` is the certificate-name check after the
+  handshake, applying an :class:`AccessPolicy`; the member protocol and the
+  HTTPS channel both mix it in::
+
+    credentials = TLSCredentials.load("member1.pem", "member1.key", "ca.pem")
+    endpoint = server_endpoint(reactor, "10.0.0.1", 8001, credentials)
+    policy = AccessPolicy.build(["admin"], unlisted="no name is in --client-acl")
 """
 
 from __future__ import annotations
@@ -39,7 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNSPattern
-from twisted.internet import ssl
+from twisted.internet import endpoints, ssl
 from twisted.logger import Logger
 
 from txraft import certs
@@ -52,6 +68,7 @@ __all__ = [
     "certificate_names",
     "public_key_der",
     "ACLCheckedProtocolMixin",
+    "server_endpoint",
 ]
 
 
@@ -150,6 +167,24 @@ class TLSCredentials:
         )
 
 
+def server_endpoint(reactor, host, port, credentials=None):
+    """
+    The endpoint a member or its HTTP API listens on.
+
+    :param reactor: the reactor to listen with.
+    :param str host: the address to bind (an IPv6 address contains ``:``).
+    :param int port: the port (0: the system picks one).
+    :param credentials: the :class:`TLSCredentials` to require of clients, or
+        ``None`` for plain TCP (insecure mode).
+    :returns: an ``IStreamServerEndpoint``: TLS that requires a client
+        certificate from the cluster CA, or plain TCP.
+    """
+    if credentials is None:
+        factory = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+        return factory(reactor, port, interface=host)
+    return endpoints.SSL4ServerEndpoint(reactor, port, credentials.options(), interface=host)
+
+
 @dataclass(frozen=True)
 class Admission:
     """The outcome of checking one peer certificate."""
@@ -162,23 +197,38 @@ class Admission:
 @dataclass(frozen=True)
 class AccessPolicy:
     """
-    Who may talk to this member.
+    Who may talk to this member (over member connections, or to its HTTPS API).
 
     :ivar acl: certificate names admitted.
-    :ivar own_key: DER public key of this member; a peer presenting it is admitted.
+    :ivar own_key: DER public key of this member; a peer presenting it is
+        admitted.  ``None``: no such exception (the HTTPS API admits clients
+        by name only).
     :ivar peer_names: member id -> the certificate name that member must carry.
+    :ivar unlisted: the reason logged when no certificate name is in ``acl``
+        (it names the setting an operator would change).
     """
 
     acl: FrozenSet[str]
-    own_key: bytes
+    own_key: Optional[bytes]
     peer_names: Mapping[str, str] = field(default_factory=dict)
+    unlisted: str = "no certificate name is in the ACL"
 
     @classmethod
-    def build(cls, acl, own_certificate, peer_names=None) -> "AccessPolicy":
-        """:returns: the policy of a member holding ``own_certificate``."""
+    def build(cls, acl, own_certificate=None, peer_names=None, unlisted=None) -> "AccessPolicy":
+        """
+        :param acl: the certificate names admitted (a sequence, not a str).
+        :param own_certificate: this member's certificate, whose key is
+            always admitted; ``None`` for a policy by name only.
+        :param peer_names: member id -> certificate name, see :meth:`check_claim`.
+        :param unlisted: the refusal reason when no name is in ``acl``.
+        :returns: the policy.
+        :raises TypeError: when ``acl`` is a str.
+        """
         if isinstance(acl, str):
             raise TypeError("acl must be a sequence of names, not a str")
-        return cls(frozenset(acl or ()), public_key_der(own_certificate), dict(peer_names or {}))
+        own_key = public_key_der(own_certificate) if own_certificate is not None else None
+        extra = {} if unlisted is None else {"unlisted": unlisted}
+        return cls(frozenset(acl or ()), own_key, dict(peer_names or {}), **extra)
 
     def admit(self, cert, expected_name: Optional[str] = None) -> Admission:
         """
@@ -198,9 +248,9 @@ class AccessPolicy:
         matched = sorted(names & self.acl)
         if matched:
             return Admission(True, names, f"name {matched[0]!r} is in the ACL")
-        if public_key_der(cert) == self.own_key:
+        if self.own_key is not None and public_key_der(cert) == self.own_key:
             return Admission(True, names, "it presents this member's own public key")
-        return Admission(False, names, "no certificate name is in the ACL")
+        return Admission(False, names, self.unlisted)
 
     def check_claim(self, claimed: str, names: FrozenSet[str]):
         """
@@ -220,20 +270,34 @@ class AccessPolicy:
 
 class ACLCheckedProtocolMixin:
     """
-    Applies an :class:`AccessPolicy` to a TLS connection in
-    ``handshakeCompleted``.
+    The certificate-name check after the TLS handshake, for any protocol on
+    a TLS connection (declare ``@implementer(IHandshakeListener)`` on the
+    class): member connections and HTTPS API connections both use it.
+
+    ``TLSMemoryBIOProtocol`` calls :meth:`handshakeCompleted` before it
+    delivers any application byte; a refused peer is logged (who, with which
+    certificate names, and why) and its connection aborted, so nothing of it
+    ever reaches the application.
 
     The protocol class mixing this in provides ``policy`` (an
-    :class:`AccessPolicy`), ``expected_peer_name`` (``None`` on accepted
-    connections), ``side`` (``"server"`` or ``"client"``) and the two hooks
-    :meth:`peer_admitted` and :meth:`peer_refused`.  After admission
-    ``peer_certificate_names`` holds the peer's names.
+    :class:`AccessPolicy`, or ``None`` to admit everyone),
+    ``expected_peer_name`` (``None`` on accepted connections), ``side`` (who
+    checks, for the log: ``"server"``, ``"client"``, ``"HTTP API"``) and may
+    override :attr:`peer_role` and the two hooks :meth:`peer_admitted` and
+    :meth:`peer_refused`.  After admission ``peer_certificate_names`` holds
+    the peer's names.
     """
 
     _acl_log = Logger()
     peer_certificate_names: FrozenSet[str] = frozenset()
+    #: What the other end is called in the log ("peer", "client").
+    peer_role = "peer"
+    expected_peer_name: Optional[str] = None
 
     def handshakeCompleted(self):
+        """:class:`~twisted.internet.interfaces.IHandshakeListener`: apply the policy."""
+        if self.policy is None:
+            return
         peer = self.transport.getPeer()
         x509_cert = self.transport.getPeerCertificate()
         cert = x509_cert.to_cryptography() if x509_cert is not None else None
@@ -241,8 +305,9 @@ class ACLCheckedProtocolMixin:
         address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if not decision.allowed:
             self._acl_log.warn(
-                "{side}: refused peer {peer} with certificate names {names}: {reason}",
+                "{side}: refused {role} {peer} with certificate names {names}: {reason}",
                 side=self.side,
+                role=self.peer_role,
                 peer=address,
                 names=sorted(decision.names),
                 reason=decision.reason,
@@ -252,8 +317,9 @@ class ACLCheckedProtocolMixin:
             return
         self.peer_certificate_names = decision.names
         self._acl_log.debug(
-            "{side}: admitted peer {peer} {names}: {reason}",
+            "{side}: admitted {role} {peer} {names}: {reason}",
             side=self.side,
+            role=self.peer_role,
             peer=address,
             names=sorted(decision.names),
             reason=decision.reason,
