@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 from txraft import errors
 from txraft.client import RaftClient
 from txraft.config import RaftConfig
-from txraft.core.raft import Status
+from txraft.messages import Status
 from txraft.member import Raft
 
 __all__ = ["Raft", "RaftClient", "RaftConfig", "RaftService", "Status", "errors", "__version__"]
