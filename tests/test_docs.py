@@ -208,3 +208,101 @@ def test_backup_and_restore(tmp_path, threshold, writes, snapshots):
         assert out.split() == [f"value{i}" for i in range(1, writes + 1)]
     finally:
         session.close()
+
+
+# -- docs/examples and docs/deploy --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "docs" / "examples").glob("*.py")))
+def test_example_runs(tmp_path, example):
+    """Each program in docs/examples runs to completion, as docs/embedding.md says."""
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / example)], cwd=tmp_path,
+                          env=environment(str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and UNHANDLED not in done.stdout, done.stdout
+
+
+def _unit(text):
+    """:returns: ``{section: {key: [values]}}`` of a systemd unit, continuation lines joined."""
+    sections, section = {}, None
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key, []).append(value)
+    return sections
+
+
+def _check_member_options(argv, tmp_path, rewrite):
+    """Parse ``argv`` (after ``raft``) with the plugin's own options, on this machine's addresses and files."""
+    from twisted.python import usage
+
+    from txraft.certs import write_cluster_certs
+    from txraft.tap import Options
+
+    write_cluster_certs(str(tmp_path / "certs"), ["member1", "member2", "member3"], client="admin")
+    options = Options()
+    try:
+        options.parseOptions([rewrite(a) for a in argv])
+    except usage.UsageError as e:
+        pytest.fail(f"twistd raft refuses {argv}: {e}")
+    return options
+
+
+def test_systemd_unit(tmp_path):
+    """The unit waits for the network, restarts, raises the descriptor limit and runs an accepted command."""
+    unit = _unit((ROOT / "docs" / "deploy" / "txraft@.service").read_text())
+    assert unit["Unit"]["Wants"] == ["network-online.target"]
+    assert unit["Unit"]["After"] == ["network-online.target"]
+    service = unit["Service"]
+    assert service["User"] == ["txraft"] and service["Restart"] == ["on-failure"]
+    assert int(service["LimitNOFILE"][0]) >= 4096
+    assert service["KillSignal"] == ["SIGTERM"]
+    assert "/var/lib/txraft" in service["ReadWritePaths"][0]
+    (command,) = service["ExecStart"]
+    argv = command.split()
+    assert argv[:4] == ["@TWISTD@", "-n", "--pidfile=", "raft"], "install.sed replaces @TWISTD@ with command -v twistd"
+    env = dict(line.split("=", 1) for line in (ROOT / "docs" / "deploy" / "member1.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    ports = {p: str(free_port(["127.0.0.71"])) for p in ("7001", "8001")}
+
+    def rewrite(arg):
+        for name, value in env.items():
+            arg = arg.replace("${%s}" % name, value)
+        arg = arg.replace("%i", "member1").replace("/etc/txraft/", f"{tmp_path}/certs/")
+        arg = arg.replace("/var/lib/txraft/", f"{tmp_path}/data/")
+        for old, new in ports.items():
+            arg = arg.replace(":" + old, ":" + new)
+        return arg.replace("10.0.0.1:", "127.0.0.71:")
+
+    options = _check_member_options(argv[4:], tmp_path, rewrite)
+    assert options["acl_names"] == ("member1", "member2", "member3")
+
+
+def test_compose_file(tmp_path):
+    """compose.yaml parses; each member's command is accepted by twistd raft and names its own files and address."""
+    import yaml
+    compose = yaml.safe_load((ROOT / "docs" / "deploy" / "compose.yaml").read_text())
+    dockerfile = (ROOT / "docs" / "deploy" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["twistd", "-n", "--pidfile=", "raft"]' in dockerfile
+    assert compose["services"].keys() == {"member1", "member2", "member3"}
+    for n, (name, service) in enumerate(sorted(compose["services"].items()), 1):
+        address = service["networks"]["txraft"]["ipv4_address"]
+        command = service["command"]
+        assert command[command.index("--listen") + 1] == f"{address}:7001"
+        assert f"./certs/{name}.key:/certs/{name}.key:ro" in service["volumes"]
+        assert service["ulimits"]["nofile"] >= 4096 and service["restart"] == "on-failure"
+        host = f"127.0.0.7{n}"
+        ports = {p: str(free_port([host])) for p in ("7001", "8001")}
+
+        def rewrite(arg):
+            arg = arg.replace("/certs/", f"{tmp_path}/certs/").replace("/var/lib/txraft/", f"{tmp_path}/{name}/")
+            arg = arg.replace(f"{address}:7001", f"{host}:{ports['7001']}")
+            return arg.replace(f"{address}:8001", f"{host}:{ports['8001']}")
+
+        _check_member_options(command, tmp_path, rewrite)
