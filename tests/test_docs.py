@@ -97,9 +97,8 @@ def test_readme_library(tmp_path):
 
 
 def test_readme_testing(tmp_path):
-    """The testing snippet runs, and nothing is logged as an unhandled error."""
-    outputs = run_scenario("readme-testing", tmp_path)
-    assert all(UNHANDLED not in out for out in outputs.values())
+    """The testing snippet runs; run_scenario fails it on any "Unhandled error in Deferred"."""
+    run_scenario("readme-testing", tmp_path)
 
 
 @pytest.mark.slow
@@ -148,9 +147,8 @@ def test_embedding(tmp_path):
 
 
 def test_testing_guide(tmp_path):
-    """The testing guide's snippet runs without an unhandled error, and so do random schedules."""
-    outputs = run_scenario("testing-guide", tmp_path)
-    assert all(UNHANDLED not in out for out in outputs.values())
+    """The testing guide's snippet (no unhandled error allowed) and random schedules run."""
+    run_scenario("testing-guide", tmp_path)
 
 
 @pytest.mark.slow
