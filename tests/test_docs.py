@@ -13,7 +13,6 @@ stays untouched.
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ import pytest
 
 from tests.docs.blocks import PAGES, ROOT, all_blocks, scenario_blocks
 from tests.docs.runner import ShellSession, environment, free_port, output_matches
-from tests.docs.scenario import UNHANDLED, DocError, run_scenario
+from tests.docs.scenario import UNHANDLED, run_scenario
 
 #: Every scenario a page may name in ``<!-- run: ... -->``, and the test that plays it.
 SCENARIOS = {
