@@ -117,16 +117,16 @@ class Operation:
         op = cls(**data)
         if op.kind == "cas" and isinstance(op.value, list):
             op = dataclasses.replace(op, value=tuple(op.value))
-        _validate(op)
+        _validate(op, kinds=None)  # the kinds are the model's business, checked by check()
         return op
 
 
-def _validate(op: Operation) -> None:
-    if op.kind not in _KINDS:
-        raise ValueError(f"operation {op.id}: unknown kind {op.kind!r} (expected one of {_KINDS})")
+def _validate(op: Operation, kinds: Optional[Sequence[str]] = _KINDS) -> None:
+    if kinds is not None and op.kind not in kinds:
+        raise ValueError(f"operation {op.id}: unknown kind {op.kind!r} (expected one of {tuple(kinds)})")
     if op.status not in _STATUSES:
         raise ValueError(f"operation {op.id}: unknown status {op.status!r} (expected one of {_STATUSES})")
-    if op.kind == "cas" and not (isinstance(op.value, tuple) and len(op.value) == 2):
+    if op.kind == "cas" and kinds is not None and not (isinstance(op.value, tuple) and len(op.value) == 2):
         raise ValueError(f"operation {op.id}: cas needs value=(expected, new), got {op.value!r}")
     if op.status != INFO and op.complete is None:
         raise ValueError(f"operation {op.id}: status {op.status} needs a completion time")
@@ -145,9 +145,14 @@ class History:
     ``clock=time.monotonic`` to record wall-clock times instead.
 
     :param clock: a zero-argument callable returning increasing numbers.
+    :param kinds: the operation kinds accepted (those of
+        :class:`RegisterModel` by default); ``None`` accepts any, for other
+        models.
     """
 
-    def __init__(self, clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(self, clock: Optional[Callable[[], float]] = None,
+                 kinds: Optional[Sequence[str]] = _KINDS) -> None:
+        self.kinds = kinds
         if clock is None:
             counter = itertools.count(1)
             clock = lambda: float(next(counter))  # noqa: E731
@@ -166,7 +171,7 @@ class History:
         if kind == "cas" and isinstance(value, list):
             value = tuple(value)
         op = Operation(next(self._ids), process, kind, key, value, invoke=self._clock())
-        _validate(op)
+        _validate(op, self.kinds)
         self._open[op.id] = op
         return op.id
 
@@ -209,6 +214,9 @@ class History:
 class RegisterModel:
     """
     A register per key, initially ``None`` (absent).
+
+    An operation of kind ``read`` must not change the state, in this model
+    or any other: :func:`check` drops reads whose outcome is unknown.
 
     A model is two methods: :meth:`init` gives the state before any
     operation, and :meth:`step` says whether an operation with its observed
@@ -385,9 +393,10 @@ def check(operations: Iterable[Operation], model: Optional[RegisterModel] = None
     :raises ValueError: for a malformed operation.
     """
     model = model or RegisterModel()
+    kinds = getattr(model, "kinds", None)
     by_key: Dict[Hashable, List[Operation]] = {}
     for op in operations:
-        _validate(op)
+        _validate(op, kinds)
         if op.status == FAIL or (op.status == INFO and op.kind == "read"):
             continue
         by_key.setdefault(op.key, []).append(op)
@@ -460,9 +469,13 @@ def _check_key(key, ops: Sequence[Operation], model, max_configurations) -> Opti
     drops configurations that another one already covers:
 
     - *needed*: an unknown update is placed only just before an operation
-      that needs it (that operation is impossible without it, or ends in
-      another state).  Otherwise the two could be swapped, or the update was
-      erased, and the order that places it later, or never, is also tried.
+      that needs it: one that is impossible without it, or ends in another
+      state, and for an acknowledged operation also one that does not
+      commute with it.  Otherwise the update was erased and can be left out,
+      or the two can be swapped, and the order that places it later, or
+      never, is tried too.  (Only acknowledged operations are swapped past,
+      so the moves end: two unknown updates that together make a read
+      possible, like two additions to a counter, may be placed in a row.)
     - *twins*: identical unknown updates are placed in invocation order
       (:func:`_twins`), and those nothing could still need count as placed
       (:func:`_retirement`).
@@ -492,7 +505,7 @@ def _check_key(key, ops: Sequence[Operation], model, max_configurations) -> Opti
             if possible and op.status != OK and after == state:
                 possible = False  # an unknown outcome with no effect is never needed
             if possible and pending is not None:
-                possible = _needs(model, pending, op, after)
+                possible = _needs(model, pending, op, after, swap=op.status == OK)
             if possible:
                 bits = linearized | (1 << node.index)
                 waits = (state, op) if op.status != OK else None
@@ -524,11 +537,13 @@ def _check_key(key, ops: Sequence[Operation], model, max_configurations) -> Opti
     return None
 
 
-def _needs(model, pending, op: Operation, after: Hashable) -> bool:
+def _needs(model, pending, op: Operation, after: Hashable, swap: bool = True) -> bool:
     """
     Whether ``op``, ending in ``after``, needs the unknown update just placed.
 
     :param pending: ``(state before the update, the update)``.
+    :param swap: whether the two may be swapped when they commute (only when
+        ``op`` is acknowledged; see :func:`_check_key`).
     """
     before, update = pending
     possible, without = model.step(before, op)
@@ -536,6 +551,8 @@ def _needs(model, pending, op: Operation, after: Hashable) -> bool:
         return True
     if without == after:
         return False  # op erases the update: leaving the update out is the same
+    if not swap:
+        return True
     possible, swapped = model.step(without, update)
     return not (possible and swapped == after)  # else: op then update is the same
 
