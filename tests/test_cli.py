@@ -144,7 +144,7 @@ async def test_put_get_cas_delete_status(member):
 
 
 @pytest_twisted.ensureDeferred
-async def test_failures_are_one_line_and_non_zero(member, pki):
+async def test_failures_are_one_line_and_non_zero(member, pki, tmp_path):
     async def body():
         c = member.cli_args
         url = c[1]
@@ -152,6 +152,14 @@ async def test_failures_are_one_line_and_non_zero(member, pki):
         cert, key = pki["member1"]
         out, err, code = await txraft("status", "--server", url, "--cert", cert, "--key", key, "--ca", pki["ca"][0])
         assert code == 1 and len(err.strip().splitlines()) == 1 and "client-acl" in err
+        # Certificates of another cluster's CA, on either side.
+        other = certs.write_cluster_certs(str(tmp_path / "other"), ["member1"], client="admin")
+        out, err, code = await txraft("status", "--server", url, "--cert", other["admin"][0], "--key",
+                                      other["admin"][1], "--ca", pki["ca"][0])
+        assert code == 1 and "the server does not trust the client certificate's CA" in err, err
+        out, err, code = await txraft("status", "--server", url, *c[2:6], "--ca", other["ca"][0])
+        assert code == 1 and "the server's certificate is not signed by the CA given as --ca" in err, err
+        assert "client-acl" not in err
         # HTTPS without a client certificate.
         out, err, code = await txraft("status", "--server", url)
         assert code == 2 and err.strip().startswith("txraft status: HTTPS needs a client certificate")

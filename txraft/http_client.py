@@ -245,12 +245,21 @@ def _describe(error, server):
     from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed
 
     if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        from OpenSSL import SSL
+
         reasons = [r.getErrorMessage() for r in error.reasons]
         text = "; ".join(r for r in reasons if r) or "connection closed"
+        if any(r.check(SSL.Error) for r in error.reasons):
+            # The handshake itself failed: a question of CAs, not of names.
+            if "certificate verify failed" in text:
+                return f"the server's certificate is not signed by the CA given as --ca (TLS: {text})"
+            if "unknown ca" in text:
+                return f"the server does not trust the client certificate's CA (TLS: {text})"
+            return f"the TLS handshake failed ({text})"
         if server.startswith("https://"):
-            # The connection was up, so the TLS handshake had begun: a server
-            # whose --client-acl lacks our name closes it during or right
-            # after the handshake (with TLS 1.3 the client learns only then).
+            # The handshake went through: a server whose --client-acl lacks
+            # our name closes the connection right after it (with TLS 1.3
+            # the client learns only then).
             return (f"the server closed the connection ({text}); "
                     "is the client certificate's name in the server's --client-acl?")
         return f"the server closed the connection ({text})"
