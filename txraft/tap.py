@@ -28,21 +28,23 @@ from txraft.errors import ConfigurationError
 
 __all__ = ["Options", "makeService", "DEFAULTS", "load_app_class"]
 
-#: Default values of the options (in their target types).  The timing
+#: Default values of the options (in their target types; ``None`` where the
+#: help says what the default is, since usage.Options appends
+#: "[default: VALUE]" to every other one).  The timing
 #: defaults were measured with ``bench/bench_failover.py``: a 3-member cluster
 #: of real processes under write load on a 2-core machine holds no spurious
 #: elections, and a killed leader is replaced in about a second.
 DEFAULTS = {
     "listen": "127.0.0.1:7001",
-    "peers": "",
+    "peers": None,
     "heartbeat": 0.15,
     "election-timeout": 0.6,
     "snapshot-threshold": 10000,
     "fsync": "always",
-    "acl": "",
+    "acl": None,
     "app": "txraft.kv:KeyValueStore",
     "http": None,
-    "client-acl": "",
+    "client-acl": None,
     "request-timeout": 10.0,
 }
 
