@@ -17,6 +17,9 @@ Run it (from the repository root, so that ``docs.examples`` imports)::
     python -m txraft.testing.chaos --duration 30 \\
         --app docs.examples.chaos_counters:Counters \\
         --adapter docs.examples.chaos_counters:CountersAdapter
+
+or ``python docs/examples/chaos_counters.py``, which does the same for 15
+seconds in a temporary directory and prints the runner's JSON line.
 """
 
 import json
@@ -154,3 +157,17 @@ class CountersAdapter:
 
     def close(self):
         return defer.succeed(None)
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+    import tempfile
+
+    from txraft.testing import chaos
+
+    os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    with tempfile.TemporaryDirectory(prefix="txraft-chaos-counters-") as out:
+        sys.exit(chaos.main(["--duration", "15", "--out", out,
+                             "--app", "docs.examples.chaos_counters:Counters",
+                             "--adapter", "docs.examples.chaos_counters:CountersAdapter"]))

@@ -28,7 +28,10 @@ checked on its own.  For one key the checker runs the search of Wing and Gong
 Porcupine use: the calls and returns form one linked list from which a
 linearized operation is lifted out and put back on backtracking, and every
 (set of linearized operations, register value) pair already explored is
-remembered, so no configuration is searched twice.  An ``info`` operation
+remembered, so no configuration is searched twice.  Operations whose outcome
+is unknown would make that search exponential (each could take effect at any
+later moment); :func:`_check_key` describes the three rules that keep it
+small, each checked against a brute-force search in the tests.  An ``info`` operation
 has its completion moved to the end of time: it may be linearized anywhere
 after its invocation, and leaving it for last is the same as it never having
 happened, since nothing observes the register afterwards.  A ``fail``
