@@ -12,7 +12,7 @@ the checks together, and nothing else has to be edited.
 
 **The checks.**  Each kind turns a value into its *wire form* (what msgpack
 or an AMP argument carries) and back; the way back checks the wire form (type,
-non-negative integers, array lengths, known enum values) and raises
+integers from 0 to 2**62-1 (:data:`txraft.messages.NUMBER_LIMIT`), array lengths, known enum values) and raises
 :class:`ValueError` naming the field.  :func:`from_wire` and
 :func:`from_fields` are the only ways from wire forms to messages, so
 malformed input from a file or a socket can never build a malformed message.
@@ -47,7 +47,7 @@ import msgpack
 from txraft import messages as m
 
 __all__ = [
-    "Kind", "UINT", "TEXT", "FLAG", "BYTES", "TEXTS", "ENTRY_KIND", "REQUEST_ID", "OPTIONAL_REQUEST_ID", "ENTRIES",
+    "Kind", "OutOfRange", "UINT", "TEXT", "FLAG", "BYTES", "TEXTS", "ENTRY_KIND", "REQUEST_ID", "OPTIONAL_REQUEST_ID", "ENTRIES",
     "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
     "SNAPSHOT_HEADER_MAGIC", "encode_snapshot_header", "decode_snapshot_header",
 ]
@@ -99,10 +99,16 @@ def _same(value):
     return value
 
 
+class OutOfRange(ValueError):
+    """A number is an integer, but not below :data:`txraft.messages.NUMBER_LIMIT` (or negative)."""
+
+
 def _load_uint(value, what):
     # bool is an int subclass, but True is not a term.
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    if type(value) is not int:
+        raise ValueError(f"{what} must be a non-negative integer below 2**62, got {value!r:.40}")
+    if not 0 <= value < m.NUMBER_LIMIT:
+        raise OutOfRange(f"{what} must be a non-negative integer below 2**62, got {value!r:.40}")
     return value
 
 
@@ -159,7 +165,7 @@ def _load_entries(value, what):
     return tuple(entries)
 
 
-#: A non-negative integer (terms, indexes, offsets).
+#: An integer from 0 to ``NUMBER_LIMIT - 1`` (terms, indexes, offsets).
 UINT = Kind("uint", _same, _load_uint)
 #: A str (member ids).
 TEXT = Kind("text", _same, _typed(str, "a string"))

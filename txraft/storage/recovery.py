@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 
+from txraft.codec import OutOfRange
 from txraft.errors import CorruptLog, StorageError
 from txraft.messages import HardState, SnapshotMeta
 from txraft.storage.files import install_file, list_files, log_name, prepare_directory
@@ -119,6 +120,14 @@ def replay(path, key, state, is_last):
                 break
             try:
                 value = peek(payload)
+            except OutOfRange as e:
+                raise CorruptLog(
+                    f"{path}: offset {offset}: {e}, beyond what a member can use (an earlier txraft "
+                    "let a peer push a term that far).  Repair: if a majority of members still start, "
+                    "stop this one, move its log directory aside and let it rejoin empty "
+                    "(docs/operations.md, 'A member's disk is lost'); otherwise restore the cluster "
+                    "from a backup (docs/operations.md, 'Restoring the whole cluster from a backup')"
+                ) from None
             except ValueError as e:
                 raise CorruptLog(f"{path}: offset {offset}: undecodable record: {e}")
             if type(value) is tuple:

@@ -311,6 +311,12 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return codec.to_fields(reply)
 
     def _error_response(self, failure, command):
+        if failure.check(e.InvalidRequest):
+            # Refused before anything was stored; say who sent it.
+            self.log.warn("refused a {command} request from {peer} {names}: {error}", command=command.__name__,
+                          peer=self.peer_address, names=sorted(self.peer_certificate_names),
+                          error=failure.getErrorMessage())
+            return failure
         if failure.check(e.NotLeader):
             # AMP carries only a description: make it the leader's id.
             leader = failure.value.leader

@@ -1,0 +1,70 @@
+"""
+Numbers from peers are bounded (issue 9, finding 1): a term, index or offset
+of 2**62 or more is refused with ``InvalidRequest`` before anything is
+stored, whichever transport brought it, so no RPC can push a member to a term
+it cannot store; and a member at the last usable term stops campaigning
+instead of failing inside the core.
+"""
+
+import pytest
+
+from txraft import errors
+from txraft import messages as m
+from tests.core.harness import B, elect, make_core, result_of
+
+HUGE = [2**62, 2**63, 2**64 - 1, 2**64]
+
+
+def refused(core, request):
+    before = (core.storage.hard_state, core.storage.last_index)
+    with pytest.raises(errors.InvalidRequest, match="must be below 2\\*\\*62"):
+        result_of(core.receive(request))
+    assert (core.storage.hard_state, core.storage.last_index) == before
+    assert core.role == "follower" and core.leader == ""
+
+
+@pytest.mark.parametrize("term", HUGE)
+@pytest.mark.parametrize("disrupt", [False, True])
+def test_request_vote_with_a_huge_term_is_refused(term, disrupt):
+    refused(make_core(), m.RequestVote(term, B, 0, 0, disrupt=disrupt))
+
+
+@pytest.mark.parametrize("number", HUGE)
+def test_request_vote_with_a_huge_last_log_number_is_refused(number):
+    refused(make_core(), m.RequestVote(3, B, number, number))
+
+
+@pytest.mark.parametrize("term", HUGE)
+def test_append_entries_with_a_huge_term_is_refused(term):
+    refused(make_core(), m.AppendEntries(term, B, 0, 0, (), 0))
+    refused(make_core(), m.AppendEntries(2, B, 0, 0, (m.Entry(term, 1),), 0))
+
+
+@pytest.mark.parametrize("index", HUGE)
+def test_append_entries_with_huge_indexes_are_refused(index):
+    refused(make_core(), m.AppendEntries(2, B, index, 1, (), 0))
+    refused(make_core(), m.AppendEntries(2, B, 0, 0, (), index))
+
+
+def test_the_largest_usable_term_is_accepted():
+    core = make_core()
+    reply = result_of(core.receive(m.RequestVote(m.NUMBER_LIMIT - 1, B, 0, 0, disrupt=True)))
+    assert reply.granted and core.term == m.NUMBER_LIMIT - 1
+
+
+def test_a_member_at_the_last_usable_term_does_not_campaign():
+    core = make_core()
+    core.storage.save_hard_state(m.HardState(m.NUMBER_LIMIT - 1, ""))
+    core.clock.advance(10)  # election timeouts pass
+    assert core.term == m.NUMBER_LIMIT - 1 and core.role == "follower"
+    assert not core.transport.sent
+    with pytest.raises(errors.RaftError, match="the last a member may use"):
+        core.start_election()
+    assert core.term == m.NUMBER_LIMIT - 1
+
+
+def test_a_leader_still_commits_at_the_last_usable_term():
+    core = make_core()
+    core.storage.save_hard_state(m.HardState(m.NUMBER_LIMIT - 2, ""))
+    elect(core)
+    assert core.role == "leader" and core.term == m.NUMBER_LIMIT - 1
