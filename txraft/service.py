@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from txraft.errors import RaftError
 from txraft.member import Raft
+from txraft.transport.limits import HTTP_LIMITS, ConnectionGuard, descriptor_budget, mark_established
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
 
 __all__ = ["RaftService", "ClientCertificateSite"]
@@ -72,6 +73,12 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     def connectionMade(self):
         super().connectionMade()
         self.factory.connections.add(self)
+        if self.policy is None:  # plain HTTP: no handshake to wait for
+            mark_established(self.transport)
+
+    def peer_admitted(self):
+        # From here on, twisted.web's own idle timeout applies.
+        mark_established(self.transport)
 
     def connectionLost(self, reason):
         self.factory.connections.discard(self)
@@ -147,6 +154,8 @@ class RaftService(service.MultiService):
         already loaded (``twistd raft`` loads them while checking its
         options); by default they are loaded from ``config`` once, at start.
         The member transport and the HTTPS API share them.
+    :param http_limits: the :class:`~txraft.transport.limits.ConnectionLimits`
+        of the HTTP API's port.
 
     :ivar raft: the :class:`txraft.member.Raft`, from :meth:`startService` on.
     :ivar transport: the member's transport, wrapped in a
@@ -156,13 +165,15 @@ class RaftService(service.MultiService):
         the HTTP API listens, or failing with the reason it could not start.
         A new one is made by every :meth:`startService`.
     :ivar http_address: ``(host, port)`` the API listens on once ready.
+    :ivar http_guard: the :class:`~txraft.transport.limits.ConnectionGuard` of
+        the API's port.
     """
 
     log = Logger()
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
                  transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024,
-                 credentials=None):
+                 credentials=None, http_limits=HTTP_LIMITS):
         super().__init__()
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -180,6 +191,7 @@ class RaftService(service.MultiService):
         self._storage = storage
         self._transport = transport
         self.credentials = credentials
+        self.http_guard = ConnectionGuard("http", http_limits, reactor)
         self.transport = None
         self.raft = None
         self.metrics = None
@@ -241,7 +253,20 @@ class RaftService(service.MultiService):
             heartbeat=c.heartbeat, election=c.election_base,
             security="INSECURE" if c.insecure else f"TLS, ACL {sorted(c.acl)}",
             api="off" if self.http_address is None else "%s:%d" % self.http_address)
+        self._check_descriptor_limit()
         self.ready.callback(self)
+
+    def _check_descriptor_limit(self):
+        import resource
+
+        guards = [self.http_guard] if self.http_address is not None else []
+        guards += [getattr(getattr(self.transport, "transport", None), "connection_guard", None)]
+        needed = descriptor_budget(*(guard.limits for guard in guards if guard is not None))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            self.log.warn("the descriptor limit is {soft}, but this member may hold {needed} connections and files; "
+                          "raise it (ulimit -n, LimitNOFILE; docs/deployment.md, 'Descriptors')",
+                          soft=soft, needed=needed)
 
     def _failed(self, failure):
         self._starting = None
@@ -296,7 +321,7 @@ class RaftService(service.MultiService):
         credentials = self._load_credentials()
         client_acl = None if credentials is None else self.client_acl
         self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor)
-        endpoint = server_endpoint(self.reactor, host, port, credentials)
+        endpoint = server_endpoint(self.reactor, host, port, credentials, self.http_guard)
         self._port = await endpoint.listen(self._site)
         self.http_address = (host, self._port.getHost().port)
         if credentials is None:
@@ -310,6 +335,8 @@ def _key_value_api(svc):
     from txraft.metrics import MemberMetrics
 
     svc.metrics = MemberMetrics(svc.raft, transport=svc.transport)
+    svc.metrics.watch_port(getattr(getattr(svc.transport, "transport", None), "connection_guard", None))
+    svc.metrics.watch_port(svc.http_guard)
     return create_api(svc.raft, svc.app, metrics=svc.metrics, request_timeout=svc.config.request_timeout,
                       max_command_size=svc.max_command_size)
 

@@ -13,8 +13,8 @@ Build one per member from its configuration, start it with the member's
 
 How it works:
 
-- The member listens on ``config.listen`` (``SSL4ServerEndpoint`` bound to that
-  host).  With port 0 the system picks one; ``transport.address`` then gives
+- The member listens on ``config.listen`` (TLS over TCP bound to that host,
+  under the connection limits of :mod:`txraft.transport.limits`).  With port 0 the system picks one; ``transport.address`` then gives
   the real ``host:port``.
 - For each peer, one long-lived connection carries every RPC
   (:mod:`txraft.transport.links`: reconnection, and use of a connection only
@@ -57,6 +57,7 @@ from txraft.transport import commands, fragments
 from txraft.transport.addresses import member_id
 from txraft.transport.arguments import Blob, BlobRef, Encoded
 from txraft.transport.fragments import FRAGMENT_SIZE, FRAGMENT_WINDOW, MAX_MESSAGE_BYTES
+from txraft.transport.limits import MEMBER_LIMITS, ConnectionGuard, mark_admitted, mark_established
 from txraft.transport.links import PeerLink, client_endpoint, retry_policy
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials, server_endpoint
 
@@ -162,6 +163,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.context.connections.add(self)
         if self.policy is None:  # insecure: no handshake to wait for
+            mark_admitted(self.transport)
             self.peer_admitted()
 
     def peer_admitted(self):
@@ -213,7 +215,10 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     # -- receiving -----------------------------------------------------------
 
     def ampBoxReceived(self, box):
-        self.heard = True
+        if not self.heard:
+            self.heard = True
+            # An admitted peer that speaks holds a peer link: no idle deadline any more.
+            mark_established(self.transport)
         return amp.AMP.ampBoxReceived(self, box)
 
     def locateResponder(self, name):
@@ -410,6 +415,11 @@ class AMPTransport:
     :param initial_delay: seconds before the first reconnection attempt.
     :param max_delay: the longest wait between reconnection attempts.
     :param random: a ``random.Random`` for the reconnection jitter.
+    :param connection_limits: the
+        :class:`~txraft.transport.limits.ConnectionLimits` of the member port.
+
+    :ivar connection_guard: the port's
+        :class:`~txraft.transport.limits.ConnectionGuard` (its counts feed the metrics).
 
     :ivar address: the member id, ``host:port``; after :meth:`start` it has the
         port actually bound.
@@ -435,6 +445,7 @@ class AMPTransport:
         initial_delay=0.05,
         max_delay=2.0,
         random=None,
+        connection_limits=MEMBER_LIMITS,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -457,6 +468,7 @@ class AMPTransport:
             self._tls_options = credentials.options()
         self._retry_policy = retry_policy(initial_delay, max_delay, random or _random_module.Random())
         self._context = MemberContext(self._policy, max_message_bytes)
+        self.connection_guard = ConnectionGuard("member", connection_limits, reactor)
         self._port = None
         self._links: Dict[str, PeerLink] = {}
 
@@ -501,7 +513,8 @@ class AMPTransport:
         if self._context.stopping:
             return defer.fail(e.Stopped("this transport was stopped"))
         self._context.handler = handler
-        endpoint = server_endpoint(self.reactor, self.host, self._listen_port, self._credentials)
+        endpoint = server_endpoint(self.reactor, self.host, self._listen_port, self._credentials,
+                                   self.connection_guard)
 
         def listening(port):
             self._port = port
