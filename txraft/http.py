@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -102,6 +103,63 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
     else:
         v1.putChild(b"kv", _ErrorResource(404, "no key-value store on this member"))
     return root
+
+
+# -- reading bodies within a limit ------------------------------------------------
+
+
+class BoundedRequest(server.Request):
+    """
+    A request whose body may not exceed its site's ``max_body_bytes``
+    (``None``: no limit): as soon as the declared ``Content-Length``, or the
+    chunks received, pass it, the client gets a JSON 413 and the connection is
+    closed.  Nothing beyond the limit is written to the request's content
+    file, and the resource is never called.
+
+    Use it as the ``requestFactory`` of a :class:`~twisted.web.server.Site`
+    that has a ``max_body_bytes`` attribute
+    (:class:`txraft.service.ClientCertificateSite` does).
+    """
+
+    refused = False
+    _received = 0
+
+    def _limit(self):
+        return getattr(getattr(self.channel, "site", None), "max_body_bytes", None)
+
+    def gotLength(self, length):
+        limit = self._limit()
+        if limit is not None and length is not None and length > limit:
+            self._refuse(f"request body of {length} bytes is above the limit of {limit}")
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit is not None and self._received > limit:
+            self._refuse(f"request body of more than {limit} bytes is above the limit of {limit}")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, message):
+        self.refused = True
+        # Not "100 Continue" after the refusal: twisted.web sends it after gotLength.
+        self.requestHeaders.removeHeader(b"expect")
+        if self.content is not None:
+            self.content.close()
+        self.content = None
+        body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.loseConnection()
 
 
 # -- plumbing ----------------------------------------------------------------

@@ -40,6 +40,7 @@ from twisted.web import http, server
 from zope.interface import implementer
 
 from txraft.errors import RaftError
+from txraft.http import BoundedRequest
 from txraft.member import Raft
 from txraft.transport.limits import HTTP_LIMITS, ConnectionGuard, descriptor_budget, mark_established
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
@@ -98,12 +99,17 @@ class ClientCertificateSite(server.Site):
     :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied
         after each TLS handshake, or ``None``.
     :ivar connections: the open connections; each has a ``closed`` Deferred.
+    :ivar max_body_bytes: the largest request body read; a larger one is
+        refused with 413 as soon as it is declared or received
+        (:class:`txraft.http.BoundedRequest`).  ``None``: no limit.
     """
 
     protocol = _ClientCheckedChannel
+    requestFactory = BoundedRequest
 
-    def __init__(self, resource, client_acl=None, reactor=None):
+    def __init__(self, resource, client_acl=None, reactor=None, max_body_bytes=None):
         super().__init__(resource, reactor=reactor)
+        self.max_body_bytes = max_body_bytes
         self.client_acl = frozenset(client_acl) if client_acl is not None else None
         self.policy = None if client_acl is None else AccessPolicy.build(
             self.client_acl, unlisted="no name is in --client-acl")
@@ -320,7 +326,8 @@ class RaftService(service.MultiService):
         host, port = self.http
         credentials = self._load_credentials()
         client_acl = None if credentials is None else self.client_acl
-        self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor)
+        self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor,
+                                           max_body_bytes=self.max_command_size)
         endpoint = server_endpoint(self.reactor, host, port, credentials, self.http_guard)
         self._port = await endpoint.listen(self._site)
         self.http_address = (host, self._port.getHost().port)

@@ -75,6 +75,28 @@ def _blob_arguments(command):
 # Computed once: every request goes through one of these.
 _BLOBS = {command: _blob_arguments(command) for command in commands.COMMANDS.values()}
 
+#: The commands a member answers, by wire name: txraft's own, none of AMP's
+#: built-ins (``StartTLS`` and the like) and nothing else.
+_ANSWERED = frozenset(command.commandName for command in (*commands.COMMANDS.values(), commands.Fragment))
+
+
+def _most_keys():
+    """The most keys a box of txraft's may have: a request, an answer or an error."""
+    requests = [len(c.arguments) + 2 for c in (*commands.COMMANDS.values(), commands.Fragment)]  # + _ask, _command
+    answers = [len(c.response) + 1 for c in commands.COMMANDS.values()]  # + _answer
+    return max(requests + answers + [3])  # an error: _error, _error_code, _error_description
+
+
+#: A box with more keys than this is refused as soon as the extra key arrives.
+MAX_BOX_KEYS = _most_keys()
+#: A box with more bytes than this (keys and values) is refused as soon as they
+#: arrive: one fragment or inline value, one other value of AMP's largest, and
+#: the small fields.
+MAX_BOX_BYTES = FRAGMENT_SIZE + 65535 + 8192
+#: Seconds a connection may hold fragments of a value without receiving more of
+#: them or the command that uses them; then they are dropped.
+FRAGMENT_IDLE_TIMEOUT = 30.0
+
 
 def _claimant(message) -> Optional[str]:
     """The member id a request claims to come from, if it claims one."""
@@ -98,6 +120,11 @@ class MemberContext:
     :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied to
         peers, or ``None`` on an insecure transport (no handshake to wait for).
     :ivar max_message_bytes: the most bytes one field may have, sent or received.
+    :ivar clock: the ``IReactorTime`` of the fragment deadlines; ``None``
+        for none (connections in memory, in tests).
+    :ivar fragment_budget: the :class:`~txraft.transport.fragments.Budget` of
+        fragment bytes held by all connections together (twice
+        ``max_message_bytes``), so more connections cannot hold more memory.
     :ivar handler: the :class:`~txraft.interfaces.IRPCHandler` receiving
         requests; ``None`` before start and after stop.
     :ivar stopping: whether the transport is stopping (connections closing
@@ -105,9 +132,11 @@ class MemberContext:
     :ivar connections: every open :class:`MemberProtocol`, in either direction.
     """
 
-    def __init__(self, policy: Optional[AccessPolicy], max_message_bytes: int):
+    def __init__(self, policy: Optional[AccessPolicy], max_message_bytes: int, clock=None):
         self.policy = policy
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.fragment_budget = fragments.Budget(2 * max_message_bytes)
         self.handler = None
         self.stopping = False
         self.connections: Set[MemberProtocol] = set()
@@ -147,8 +176,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.peer_address = "?"
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
-        self._fragments = fragments.Reassembly(context.max_message_bytes, 2 * context.max_message_bytes)
+        self._fragments = fragments.Reassembly(context.max_message_bytes, context.max_message_bytes,
+                                               context.fragment_budget)
+        self._fragments_checked = None
         self._next_blob = 0
+        self._box_bytes = 0
 
     # -- connection life ---------------------------------------------------
 
@@ -187,6 +219,9 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     def connectionLost(self, reason):
         self.context.connections.discard(self)
+        self._fragments.clear()
+        if self._fragments_checked is not None and self._fragments_checked.active():
+            self._fragments_checked.cancel()
         amp.AMP.connectionLost(self, reason)
         if not self.admitted:
             # The TLS handshake failed, or the other side refused us.
@@ -214,6 +249,33 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     # -- receiving -----------------------------------------------------------
 
+    def proto_key(self, string):
+        # The parser's state for a key: refuse an oversized box before it grows further.
+        if not string:
+            self._box_bytes = 0
+        elif len(self._currentBox) >= MAX_BOX_KEYS and string not in self._currentBox:
+            return self._refuse_box(f"a box with more than {MAX_BOX_KEYS} keys")
+        else:
+            self._box_bytes += len(string)
+        return amp.AMP.proto_key(self, string)
+
+    def proto_value(self, string):
+        self._box_bytes += len(string)
+        if self._box_bytes > MAX_BOX_BYTES:
+            return self._refuse_box(f"a box of more than {MAX_BOX_BYTES} bytes")
+        return amp.AMP.proto_value(self, string)
+
+    def proto_refused(self, string):
+        """The state after a refused box: everything else is ignored while the connection closes."""
+        return "refused"
+
+    def _refuse_box(self, what):
+        self.log.warn("closing the connection from {peer} {names}: it sent {what}", peer=self.peer_address,
+                      names=sorted(self.peer_certificate_names), what=what)
+        self._currentBox = None
+        self.transport.abortConnection()
+        return "refused"
+
     def ampBoxReceived(self, box):
         if not self.heard:
             self.heard = True
@@ -222,7 +284,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return amp.AMP.ampBoxReceived(self, box)
 
     def locateResponder(self, name):
-        responder = amp.AMP.locateResponder(self, name)
+        responder = amp.AMP.locateResponder(self, name) if name in _ANSWERED else None
         if responder is None:
             return lambda box: self._violation(Failure(ValueError(f"unknown command {name!r}")), name)
 
@@ -277,7 +339,28 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self._fragments.discard(blob)
         else:
             self._fragments.add(blob, data, offset)
+            self._note_fragments()
         return {}
+
+    def _note_fragments(self):
+        clock = self.context.clock
+        if clock is not None:
+            self._fragments_seen = clock.seconds()
+            if self._fragments_checked is None and self._fragments.total:
+                self._fragments_checked = clock.callLater(FRAGMENT_IDLE_TIMEOUT, self._check_fragments)
+
+    def _check_fragments(self):
+        """Drop what this connection holds of values that stopped arriving (or were never used)."""
+        self._fragments_checked = None
+        if not self._fragments.total:
+            return
+        idle = self.context.clock.seconds() - self._fragments_seen
+        if idle >= FRAGMENT_IDLE_TIMEOUT:
+            self.log.warn("dropping {size} bytes of fragments from {peer}: none arrived or was used for {idle:.0f} s",
+                          size=self._fragments.total, peer=self.peer_address, idle=idle)
+            self._fragments.clear()
+        else:
+            self._fragments_checked = self.context.clock.callLater(FRAGMENT_IDLE_TIMEOUT - idle, self._check_fragments)
 
     def _serve(self, command, kw):
         d = defer.maybeDeferred(self._receive, command, kw)
@@ -290,6 +373,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             value = kw[key]
             if isinstance(value, BlobRef):
                 value = self._fragments.take(value.blob)
+                self._note_fragments()
             try:
                 kw[key] = argument.decode(value)
             except ValueError as error:
@@ -467,7 +551,7 @@ class AMPTransport:
             self._credentials = credentials
             self._tls_options = credentials.options()
         self._retry_policy = retry_policy(initial_delay, max_delay, random or _random_module.Random())
-        self._context = MemberContext(self._policy, max_message_bytes)
+        self._context = MemberContext(self._policy, max_message_bytes, reactor)
         self.connection_guard = ConnectionGuard("member", connection_limits, reactor)
         self._port = None
         self._links: Dict[str, PeerLink] = {}
