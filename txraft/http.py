@@ -197,6 +197,8 @@ def _failure_response(failure):
     error = failure.value
     if isinstance(error, BadRequest):
         return _Response.json(error.code, {"error": str(error)})
+    if isinstance(error, errors.CommandTooLarge):
+        return _Response.json(413, {"error": str(error)})
     if isinstance(error, errors.NoQuorum):
         return _Response.json(503, {"error": f"no quorum: {error}"})
     if isinstance(error, errors.Timeout):

@@ -156,6 +156,9 @@ class RaftService(service.MultiService):
     :param exit_on_failure: when the member cannot start, log one line, stop
         the reactor and exit the process with status 1 (what ``twistd raft``
         wants; embedding applications leave it off and watch :attr:`ready`).
+    :param max_command_size: the largest command (and request body) the HTTP
+        API accepts; by default ``config.max_command_bytes``, the limit the
+        leader applies to every command.
     :param credentials: the member's :class:`~txraft.transport.tls.TLSCredentials`,
         already loaded (``twistd raft`` loads them while checking its
         options); by default they are loaded from ``config`` once, at start.
@@ -178,7 +181,7 @@ class RaftService(service.MultiService):
     log = Logger()
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
-                 transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024,
+                 transport=None, api=None, exit_on_failure=False, max_command_size=None,
                  credentials=None, http_limits=HTTP_LIMITS):
         super().__init__()
         if isinstance(members, str):
@@ -192,7 +195,8 @@ class RaftService(service.MultiService):
         self.http = http
         self.client_acl = tuple(client_acl or ())
         self.exit_on_failure = exit_on_failure
-        self.max_command_size = max_command_size
+        # One limit for every path into the log: the HTTP API refuses what the leader would.
+        self.max_command_size = config.max_command_bytes if max_command_size is None else max_command_size
         self.api = api if api is not None else _key_value_api
         self._storage = storage
         self._transport = transport

@@ -68,3 +68,38 @@ def test_a_leader_still_commits_at_the_last_usable_term():
     core.storage.save_hard_state(m.HardState(m.NUMBER_LIMIT - 2, ""))
     elect(core)
     assert core.role == "leader" and core.term == m.NUMBER_LIMIT - 1
+
+
+# -- one command-size limit (finding 4) ------------------------------------------------
+
+
+def test_the_leader_refuses_a_forwarded_command_over_the_limit_before_storing_it():
+    core = elect(make_core(max_command_bytes=1024))
+    last = core.storage.last_index
+    with pytest.raises(errors.CommandTooLarge, match="1025 bytes is above the limit of 1024"):
+        result_of(core.receive(m.ForwardAppend(b"x" * 1025, m.RequestId("s", 1, 1))))
+    assert core.storage.last_index == last
+    assert result_of(core.receive(m.ForwardAppend(b"x" * 1024, m.RequestId("s", 2, 1)))) == m.ForwardAppendReply(core.term, last + 1)
+
+
+def test_propose_refuses_a_command_over_the_limit_on_a_follower_without_forwarding_it():
+    core = make_core(max_command_bytes=1024)
+    core.leader = B
+    with pytest.raises(errors.CommandTooLarge):
+        result_of(core.propose(b"x" * 1025, None))
+    assert not core.transport.sent
+
+
+def test_append_over_the_limit_fails_at_once_on_every_member_and_nothing_is_stored():
+    from txraft.testing import SafetyChecker, SimulatedCluster
+
+    cluster = SimulatedCluster(3, seed=1, checker=SafetyChecker())  # the default limit, 1 MiB
+    cluster.start()
+    leader = cluster.wait_for_leader()
+    lasts = {i: cluster.members[i].status().last_index for i in cluster.ids}
+    for member_id in cluster.ids:
+        box = []
+        cluster.members[member_id].append(b"x" * ((1 << 20) + 1)).addBoth(box.append)
+        cluster.run(0.5)
+        assert len(box) == 1 and box[0].check(errors.CommandTooLarge), (member_id, leader)
+    assert {i: cluster.members[i].status().last_index for i in cluster.ids} == lasts

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 
 from txraft import errors as e
 from txraft import messages as m
-from tests.core.harness import make_core
+from tests.core.harness import elect, make_core
 
 from .conftest import bounded
 
@@ -58,3 +58,14 @@ async def test_a_huge_request_id_is_refused_over_amp(members):
     with pytest.raises(e.InvalidRequest, match="below 2\\*\\*62"):
         await client.send(server.address, m.ForwardAppend(b"x", m.RequestId("s", 2**64 - 1, 0)))
     assert core.storage.last_index == 0
+
+
+@bounded(20)
+async def test_a_command_over_the_limit_through_the_member_append_rpc_is_refused(members):
+    """Finding 4: a 4 MiB command through Append skipped the 1 MiB limit and was committed."""
+    core, client, server = await core_behind_amp(members)
+    elect(core)
+    last = core.storage.last_index
+    with pytest.raises(e.CommandTooLarge, match="above the limit of 1048576"):
+        await client.send(server.address, m.ForwardAppend(b"x" * (4 << 20), m.RequestId("s", 1, 1)))
+    assert core.storage.last_index == last
