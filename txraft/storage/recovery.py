@@ -24,7 +24,7 @@ import os
 from txraft.codec import OutOfRange
 from txraft.errors import CorruptLog, StorageError
 from txraft.messages import HardState, SnapshotMeta
-from txraft.storage.files import install_file, list_files, log_name, prepare_directory
+from txraft.storage.files import exposed, install_file, list_files, log_name, prepare_directory
 from txraft.storage.records import (
     LOG_MAGIC,
     MAX_RECORD,
@@ -191,6 +191,11 @@ def recover(directory, fsync):
 
 def _recover_locked(directory, fsync):
     state = Recovered()
+    for path, mode in exposed(directory):
+        state.warnings.append((
+            "{file} may be read by other users (mode {mode}); it holds every command: "
+            "chmod 700 the log directory and 600 its files",
+            dict(file=path, mode=f"{mode:04o}")))
     logs, snapshots, temporaries = list_files(directory)
     for path in temporaries:
         # Leftovers of a snapshot or log that was never installed.
