@@ -39,7 +39,7 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -199,6 +199,8 @@ def _failure_response(failure):
         return _Response.json(error.code, {"error": str(error)})
     if isinstance(error, errors.CommandTooLarge):
         return _Response.json(413, {"error": str(error)})
+    if isinstance(error, errors.InvalidRequest):
+        return _Response.json(400, {"error": str(error)})
     if isinstance(error, errors.NoQuorum):
         return _Response.json(503, {"error": f"no quorum: {error}"})
     if isinstance(error, errors.Timeout):
@@ -209,7 +211,7 @@ def _failure_response(failure):
         return _Response.json(503, {"error": f"member stopped: {error}"})
     if isinstance(error, errors.ApplyError) and isinstance(error.cause, InvalidCommand):
         return _Response.json(400, {"error": str(error.cause)})
-    log.failure("HTTP API request failed", failure)
+    log.failure("HTTP API request failed", failure, level=LogLevel.error)
     return _Response.json(500, {"error": f"internal error: {type(error).__name__}: {error}"})
 
 
@@ -266,6 +268,12 @@ class _MethodResource(Resource):
             return handler(request)
         except BadRequest as e:
             return _error_body(request, e.code, str(e))
+        except Exception:
+            # A bug of ours, not the client's mistake: a JSON 500 and one error
+            # line, never twisted.web's HTML page and critical traceback.
+            log.failure("HTTP API {method} {path} failed", method=method,
+                        path=request.path.decode("latin-1"), level=LogLevel.error)
+            return _error_body(request, 500, "internal error; see the member's log")
 
 
 class _ErrorResource(Resource):
@@ -427,6 +435,8 @@ class KeyValueResource(_MethodResource):
             document = json.loads(body)
         except ValueError as e:  # bad UTF-8 included
             raise BadRequest(400, f"body is not JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest(400, "body is not JSON this API reads: it is nested too deeply") from None
         if not isinstance(document, dict) or "value" not in document or "expect" not in document:
             raise BadRequest(400, 'body must be a JSON object {"expect": <string or null>, "value": <string>}')
         expect, value = document["expect"], document["value"]
