@@ -163,6 +163,8 @@ class RaftService(service.MultiService):
         already loaded (``twistd raft`` loads them while checking its
         options); by default they are loaded from ``config`` once, at start.
         The member transport and the HTTPS API share them.
+    :param warnings: lines about the configuration to log as warnings at
+        start (``twistd raft`` checks its options before logging begins).
     :param http_limits: the :class:`~txraft.transport.limits.ConnectionLimits`
         of the HTTP API's port.
 
@@ -182,7 +184,7 @@ class RaftService(service.MultiService):
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
                  transport=None, api=None, exit_on_failure=False, max_command_size=None,
-                 credentials=None, http_limits=HTTP_LIMITS):
+                 credentials=None, http_limits=HTTP_LIMITS, warnings=()):
         super().__init__()
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -202,6 +204,7 @@ class RaftService(service.MultiService):
         self._transport = transport
         self.credentials = credentials
         self.http_guard = ConnectionGuard("http", http_limits, reactor)
+        self.warnings = tuple(warnings)
         self.transport = None
         self.raft = None
         self.metrics = None
@@ -215,6 +218,8 @@ class RaftService(service.MultiService):
 
     def startService(self):
         super().startService()
+        for warning in self.warnings:
+            self.log.warn("{warning}", warning=warning)
         self.ready = defer.Deferred()
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._failed)
@@ -264,7 +269,18 @@ class RaftService(service.MultiService):
             security="INSECURE" if c.insecure else f"TLS, ACL {sorted(c.acl)}",
             api="off" if self.http_address is None else "%s:%d" % self.http_address)
         self._check_descriptor_limit()
+        self._check_identities()
         self.ready.callback(self)
+
+    def _check_identities(self):
+        if self.config.insecure:
+            return
+        unbound = sorted(m for m in self.raft.members if m != self.raft.id and m not in self.config.peer_names)
+        if unbound:
+            self.log.warn(
+                "members {members} are given without a certificate name: any certificate in the ACL may "
+                "claim to be them (vote, lead) in requests; give them as NAME@HOST:PORT (docs/security.md, "
+                "'Claimed identity')", members=unbound)
 
     def _check_descriptor_limit(self):
         import resource

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import FrozenSet, Mapping, Optional, Tuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from service_identity.cryptography import extract_patterns
@@ -151,6 +152,29 @@ class TLSCredentials:
         ):
             raise ConfigurationError("the private key (key) does not belong to the certificate (cert)")
         return cls(certificate, private_key, authorities)
+
+    def check_own_certificate(self):
+        """
+        Check that this member's certificate can work: it carries a name
+        (which peers' ACLs admit) and one of :attr:`authorities` signed it
+        (or peers, verifying it against the same CA, refuse every connection).
+
+        :raises ConfigurationError: naming what is wrong and the files to fix.
+        """
+        if not certificate_names(self.certificate):
+            raise ConfigurationError(
+                "the certificate (cert) carries no name (common name, DNS or URI subjectAltName): "
+                "no ACL can admit it; make it with `txraft certs`")
+        for authority in self.authorities:
+            try:
+                self.certificate.verify_directly_issued_by(authority)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return
+        raise ConfigurationError(
+            f"the certificate (cert) was issued by {self.certificate.issuer.rfc4514_string()!r}, which the CA "
+            f"(ca) did not sign: every peer would refuse this member; use the cluster's ca.pem, or certificates "
+            "it signed")
 
     def options(self) -> ssl.CertificateOptions:
         """
