@@ -150,3 +150,10 @@ def test_the_issue_8_mib_of_empty_arrays_costs_about_its_size():
     finally:
         tracemalloc.stop()
     assert peak < 2 * len(raw)  # the unpacker's copy of the bytes, and nothing per entry
+
+
+def test_an_empty_box_closes_the_connection_instead_of_raising():
+    """Found by tests/test_fuzz.py: AMP raised NoEmptyBoxes out of dataReceived."""
+    server, transport = on_string_transport()
+    server.dataReceived(b"\x00\x00")
+    assert transport.disconnecting

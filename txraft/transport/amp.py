@@ -281,7 +281,15 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self.heard = True
             # An admitted peer that speaks holds a peer link: no idle deadline any more.
             mark_established(self.transport)
-        return amp.AMP.ampBoxReceived(self, box)
+        try:
+            return amp.AMP.ampBoxReceived(self, box)
+        except Exception as error:
+            # A box AMP cannot make sense of (empty, an answer to no question,
+            # ...): a protocol violation that closes this connection only.
+            self.log.warn("closing the connection from {peer} {names}: malformed box: {error}",
+                          peer=self.peer_address, names=sorted(self.peer_certificate_names),
+                          error=f"{type(error).__name__}: {error}"[:200])
+            self.transport.abortConnection()
 
     def locateResponder(self, name):
         responder = amp.AMP.locateResponder(self, name) if name in _ANSWERED else None
