@@ -160,7 +160,8 @@ def unpack_entries(raw: bytes) -> list:
     """
     Read the msgpack of an :data:`ENTRIES` field (a list of entries' wire
     forms) from a peer, building nothing an entry cannot hold: the list's
-    length is at most what ``raw`` can carry, every item must be a 6-array,
+    length is at most what ``raw`` can carry and
+    :data:`~txraft.messages.MAX_ENTRIES`, every item must be a 6-array,
     and its fields are read one by one, none of them an array (the request
     id, a 3-array, excepted) or a map.  So a message costs memory in
     proportion to its size, whatever its bytes, instead of one Python object
@@ -178,6 +179,8 @@ def unpack_entries(raw: bytes) -> list:
         count = header()
         if count > len(raw) // _MIN_ENTRY_BYTES:
             raise ValueError(f"{count} entries cannot fit in {len(raw)} bytes")
+        if count > m.MAX_ENTRIES:
+            raise ValueError(f"{count} entries are more than the {m.MAX_ENTRIES} one request may carry")
         entries = []
         for _ in range(count):
             if header() != 6:

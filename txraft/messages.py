@@ -21,6 +21,12 @@ from typing import Optional, Tuple
 #: to a term it cannot store.
 NUMBER_LIMIT = 2**62
 
+#: The most entries one AppendEntries carries.  A leader never sends more (a
+#: default batch of 1 MiB holds at most 32,768), and a member refuses more, so
+#: a request's cost in memory is bounded whatever the size of its entries:
+#: each entry costs a few hundred bytes of Python objects, however small.
+MAX_ENTRIES = 65536
+
 
 class EntryKind(enum.IntEnum):
     """What a log entry carries."""

@@ -103,3 +103,17 @@ def test_append_over_the_limit_fails_at_once_on_every_member_and_nothing_is_stor
         cluster.run(0.5)
         assert len(box) == 1 and box[0].check(errors.CommandTooLarge), (member_id, leader)
     assert {i: cluster.members[i].status().last_index for i in cluster.ids} == lasts
+
+
+def test_more_entries_than_one_request_may_carry_are_refused_and_never_sent():
+    core = make_core()
+    many = tuple(m.Entry(1, i) for i in range(1, m.MAX_ENTRIES + 2))
+    refused_request = m.AppendEntries(1, B, 0, 0, many, 0)
+    with pytest.raises(errors.InvalidRequest, match="more than the 65536"):
+        result_of(core.receive(refused_request))
+    assert core.storage.last_index == 0
+    leader = elect(make_core(max_batch_bytes=1 << 30))
+    leader.storage.append(tuple(m.Entry(leader.term, i) for i in range(2, m.MAX_ENTRIES + 10)))
+    leader.clock.advance(0)
+    sent = [message for _, message, _ in leader.transport.take(m.AppendEntries) if message.entries]
+    assert sent and max(len(message.entries) for message in sent) <= m.MAX_ENTRIES

@@ -86,6 +86,9 @@ def _check_numbers(message):
         if isinstance(value, int) and not isinstance(value, bool):
             _check_number(value, f"{type(message).__name__}.{item.name}")
         elif item.name == "entries" and value:
+            if len(value) > m.MAX_ENTRIES:
+                raise errors.InvalidRequest(f"{len(value)} entries are more than the {m.MAX_ENTRIES} "
+                                            "one request may carry")
             _check_number(value[-1].index, f"{type(message).__name__}.entries index")
             _check_number(max(entry.term for entry in value), f"{type(message).__name__}.entries term")
 

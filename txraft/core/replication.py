@@ -186,8 +186,8 @@ class Replication:
             return True
         entries = ()
         if not heartbeat and progress.next_index <= storage.last_index:
-            entries = tuple(storage.entries(progress.next_index, storage.last_index + 1,
-                                            self.config.max_batch_bytes))
+            high = min(storage.last_index + 1, progress.next_index + m.MAX_ENTRIES)
+            entries = tuple(storage.entries(progress.next_index, high, self.config.max_batch_bytes))
         if not entries and not heartbeat:
             return False
         request = m.AppendEntries(leader.term, self.id, prev_index, prev_term, entries, self.commit_index)
