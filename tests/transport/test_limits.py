@@ -73,6 +73,21 @@ async def test_an_established_peer_link_outlives_the_deadlines(members):
 
 
 @bounded(20)
+async def test_a_peer_link_with_nothing_to_send_is_not_closed_as_idle(members):
+    server = await members.started(1, Recorder(), connection_limits=ConnectionLimits(16, 16, **QUICK))
+    clock = server.connection_guard.clock = task.Clock()
+    client = await members.started(2)
+    handler = server.handler
+    await client._link(server.address).connection()  # connected and admitted; no request sent
+    await until(lambda: server.connection_guard.open == 1 and all(
+        c.heard for c in server._context.connections))
+    clock.advance(3600)
+    assert server.connection_guard.timed_out == {"handshake": 0, "idle": 0}
+    assert handler.received == []  # the greeting never reaches the Raft core
+    await client.send(server.address, m.GetLeader())
+
+
+@bounded(20)
 async def test_member_port_refuses_connections_over_its_caps_at_accept(members):
     server = await members.started(1, connection_limits=ConnectionLimits(3, 2, handshake_timeout=30))
     guard = server.connection_guard

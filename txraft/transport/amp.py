@@ -64,6 +64,8 @@ from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCrede
 __all__ = ["AMPTransport", "MemberProtocol", "MemberContext", "MAX_MESSAGE_BYTES", "FRAGMENT_SIZE", "FRAGMENT_WINDOW"]
 
 _BAD_REQUEST = b"BAD_REQUEST"
+# The blob id of the greeting an outgoing link sends first (senders number theirs from 0).
+_GREETING = -1
 
 
 def _blob_arguments(command):
@@ -201,6 +203,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def peer_admitted(self):
         self.admitted = True
         if self.link is not None:
+            # Speak at once: the accepting member closes a connection that
+            # stays silent (txraft.transport.limits), and a link may have
+            # nothing to send between elections.  Discarding a value never
+            # sent is answered by every release, without the Raft core.
+            self.callRemote(commands.Fragment, blob=_GREETING, data=b"", discard=True).addErrback(lambda _: None)
             self.link.admitted(self)
         # ClientService resumes from this callback; callers waiting on the link
         # are woken only afterwards, outside its state machine, so that they

@@ -15,8 +15,10 @@ Each connection passes three stages::
   starts TLS, a handshake that stalls), and an admitted one must be
   established within :attr:`~ConnectionLimits.idle_timeout`; otherwise it is
   aborted and counted (:attr:`ConnectionGuard.timed_out`).  An established
-  member connection is a peer link and may be idle between elections; the
-  HTTP API's own idle timeout takes over on its connections.
+  member connection is a peer link and may be idle between elections (a
+  member's outgoing link speaks as soon as it is admitted, so that it is
+  established even with nothing to send); the HTTP API's own idle timeout
+  takes over on its connections.
 
 The protocol running on a connection reports its progress with
 :func:`mark_admitted` and :func:`mark_established`, which find the guard
