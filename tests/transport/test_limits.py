@@ -145,3 +145,26 @@ async def test_https_port_has_the_same_deadline_and_caps(pki):
     finally:
         await port.stopListening()
         await site.close_connections()
+
+
+@bounded(20)
+async def test_an_admitted_peer_sending_a_box_of_too_many_keys_is_cut_off_over_tls(members, logged):
+    """Finding 4 on real sockets: one never-finished box of 5,120 keys of 60 KiB grew a member by 300 MiB."""
+    import struct
+
+    from txraft.transport.amp import MAX_BOX_BYTES
+
+    server = await members.started(1, Recorder())
+    client = await members.started(2)
+    link = await client._link(server.address).connection()
+    value = struct.pack(">H", 60 * 1024) + b"x" * (60 * 1024)
+    for i in range(5120):
+        if link.closed.called:
+            break
+        link.transport.write(struct.pack(">H", 6) + b"k%05d" % i + value)
+        if i % 8 == 7:
+            await task.deferLater(reactor, 0, lambda: None)  # let the server read
+    await link.closed
+    assert i < 5120
+    # Three keys of 60 KiB already pass the byte limit of a box.
+    assert any(f"a box of more than {MAX_BOX_BYTES} bytes" in line and "member2" in line for line in logged)
