@@ -280,3 +280,26 @@ async def test_members_without_a_certificate_name_are_warned_about_at_start(tmp_
     warnings = [e for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
     assert [e["members"] for e in warnings if "members" in e] == [[unnamed]]
     assert [e["warning"] for e in warnings if "warning" in e] == ["a configuration warning"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_descriptor_limit_below_what_the_ports_may_hold_is_warned_about(tmp_path, services, monkeypatch):
+    import resource
+
+    from twisted.logger import globalLogPublisher
+
+    from txraft.kv import KeyValueStore
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 256))
+    host = "127.0.0.31"
+    listen = f"{host}:{free_port(host)}"
+    config = RaftConfig(listen=listen, log_dir=str(tmp_path / "m"), insecure=True)
+    svc = RaftService(config, KeyValueStore(), http=(host, 0))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await defer.ensureDeferred(services.start(svc)).addTimeout(10, reactor)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [warning] = [e for e in events if "descriptor limit" in e.get("log_format", "")]
+    assert warning["soft"] == 256 and warning["needed"] == 128 + 512 + 64

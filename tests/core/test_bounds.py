@@ -53,9 +53,14 @@ def test_the_largest_usable_term_is_accepted():
 
 
 def test_a_member_at_the_last_usable_term_does_not_campaign():
+    from twisted.logger import Logger
+
     core = make_core()
+    events = []
+    core.log = Logger(observer=events.append)
     core.storage.save_hard_state(m.HardState(m.NUMBER_LIMIT - 1, ""))
     core.clock.advance(10)  # election timeouts pass
+    assert len([e for e in events if "cannot stand for election" in e["log_format"]]) == 1
     assert core.term == m.NUMBER_LIMIT - 1 and core.role == "follower"
     assert not core.transport.sent
     with pytest.raises(errors.RaftError, match="the last a member may use"):

@@ -32,6 +32,7 @@ class Election:
     """The election half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
     _election_call = None
+    _exhaustion_logged = None  # the term whose exhaustion was logged
 
     # -- the timer -------------------------------------------------------------
 
@@ -66,9 +67,12 @@ class Election:
     # -- pre-vote (dissertation 9.6) ----------------------------------------------
 
     def _term_exhausted(self):
-        """:returns: whether the next term would reach :data:`~txraft.messages.NUMBER_LIMIT` (logged)."""
+        """:returns: whether the next term would reach :data:`~txraft.messages.NUMBER_LIMIT` (logged once)."""
         if self.term + 1 < m.NUMBER_LIMIT:
             return False
+        if self._exhaustion_logged == self.term:
+            return True
+        self._exhaustion_logged = self.term
         self.log.error("{member} cannot stand for election: term {term} is the last a member may use "
                        "(see docs/operations.md, 'A term out of range')", member=self.id, term=self.term)
         return True
