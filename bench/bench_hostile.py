@@ -1,7 +1,8 @@
 """
 Measure what hostile input from an admitted peer costs a member (issue 9,
 finding 4): the memory a member protocol holds for one never-finished AMP box
-of 5,120 keys of 60 KiB, and the peak memory of decoding 8 MiB of msgpack
+of 5,120 keys of 60 KiB, the fragments parked on a few connections, and the
+peak memory of decoding 8 MiB of msgpack
 empty arrays sent as AppendToLog entries, and of as many of the smallest
 well-formed entries (what any limit must still let through).
 
@@ -53,6 +54,24 @@ def huge_box(keys):
     return held / MiB, sent, transport.disconnecting
 
 
+def parked_fragments(connections):
+    """Park values of about 1 MiB in fragments on ``connections`` connections until refused; :returns: MiB held."""
+    context = MemberContext(None, 64 * MiB)
+    chunk = b"x" * (60 * 1024)
+    protocols = []
+    for _ in range(connections):
+        protocol = MemberProtocol(context, "server")
+        protocol.makeConnection(StringTransport())
+        protocols.append(protocol)
+        try:
+            for blob in range(1 << 20):
+                for piece in range(17):
+                    protocol._fragment(blob=blob, data=chunk, offset=piece * len(chunk))
+        except Exception:
+            pass  # refused: this connection may hold no more
+    return sum(p._fragments.total for p in protocols) / MiB
+
+
 def minimal_entries(size):
     """The smallest well-formed entries (8 bytes each), as many as fit in ``size`` bytes."""
     return msgpack.packb([[1, 1, i % 100 + 1, 0, b"", None] for i in range(size // 8 - 1)], use_bin_type=True)
@@ -80,10 +99,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=5120)
     parser.add_argument("--entries-mib", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=4)
     options = parser.parse_args()
     held, sent, closed = huge_box(options.keys)
     print(f"box of {options.keys} keys x 60 KiB: read {sent} keys, held {held:.1f} MiB, "
           f"connection {'closed' if closed else 'left open'}")
+    print(f"fragments parked on {options.connections} connections until refused: "
+          f"{parked_fragments(options.connections):.0f} MiB held")
     size = options.entries_mib * MiB
     for what, raw in [("msgpack empty arrays", msgpack.packb([[]] * (size - 5))),
                       ("the smallest well-formed entries", minimal_entries(size)),
