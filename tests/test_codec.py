@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from txraft import codec
 from txraft import messages as m
 
-ints = st.integers(min_value=0, max_value=2 ** 63 - 1)
+ints = st.integers(min_value=0, max_value=m.NUMBER_LIMIT - 1)
 ids = st.text(min_size=1, max_size=30)
 request_ids = st.builds(m.RequestId, st.text(max_size=32), ints, ints)
 entries = st.builds(m.Entry, ints, ints, st.sampled_from(list(m.EntryKind)), st.binary(max_size=200),
@@ -179,3 +179,26 @@ def test_fields_round_trip(value):
 def test_from_fields_checks_every_field(cls, fields, message):
     with pytest.raises(ValueError, match=message):
         codec.from_fields(cls, fields)
+
+
+@pytest.mark.parametrize("number", [2**62, 2**63, 2**64 - 1, 2**64])
+@pytest.mark.parametrize("cls, field", [
+    (m.RequestVote, "term"), (m.RequestVote, "last_log_index"), (m.AppendEntries, "term"),
+    (m.AppendEntries, "prev_index"), (m.AppendEntries, "leader_commit"), (m.InstallSnapshot, "offset"),
+    (m.HardState, "term"), (m.Entry, "index"),
+])
+def test_numbers_from_2_to_the_62_are_refused_wherever_they_come_from(cls, field, number):
+    value = {m.RequestVote: m.RequestVote(1, "a", 0, 0), m.AppendEntries: m.AppendEntries(1, "a", 0, 0, (), 0),
+             m.InstallSnapshot: m.InstallSnapshot(1, "a", 1, 1, 0, b"", True), m.HardState: m.HardState(1, ""),
+             m.Entry: m.Entry(1, 1)}[cls]
+    fields = codec.to_fields(value)
+    fields[field] = number
+    with pytest.raises(codec.OutOfRange, match=f"{cls.__name__}.{field} must be a non-negative integer below 2\\*\\*62"):
+        codec.from_fields(cls, fields)
+    raw = codec.to_wire(value)
+    raw[1 + [name for name, _ in codec.fields(cls)].index(field)] = number
+    if number < 2**64:  # msgpack holds 64-bit integers at most
+        with pytest.raises(codec.OutOfRange):
+            codec.decode(msgpack.packb(raw))
+    fields[field] = m.NUMBER_LIMIT - 1
+    assert getattr(codec.from_fields(cls, fields), field) == m.NUMBER_LIMIT - 1

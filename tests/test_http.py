@@ -297,6 +297,27 @@ async def test_malformed_requests_get_400_with_a_json_error(cluster):
 
 
 @bounded(20)
+async def test_bodies_nested_too_deeply_or_badly_encoded_get_400_and_log_nothing_critical(cluster):
+    """Finding 6: '[' * 100000 in a compare-and-set body gave a 500 HTML page and a critical traceback."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        member = IDS[0]
+        # The bodies stay within this cluster's 4 KiB limit; 4,000 levels pass Python's recursion limit.
+        for body in [b"[" * 4000, b'{"expect": null, "value": ' + b"[" * 4000, b'{"":' * 1000,
+                     b'{"expect": null, "value": "\xff"}', b"1" * 4090]:
+            response, answer = await cluster.request("POST", cluster.url(member, "k", "?cas"), body)
+            assert response.code == 400 and set(as_json(answer)) == {"error"}, answer
+            assert response.headers.getRawHeaders("content-type") == ["application/json"]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_level") in (LogLevel.critical, LogLevel.error)]
+    assert cluster.stores[member].items() == []
+
+
+@bounded(20)
 async def test_oversized_commands_get_413(cluster):
     member = cluster.follower()
     response, body = await cluster.request("PUT", cluster.url(member, "big"), b"x" * (MAX_COMMAND + 1))

@@ -195,3 +195,19 @@ def test_metrics_take_only_a_counting_transport():
     cluster = settled()
     with pytest.raises(TypeError, match="CountingTransport"):
         MemberMetrics(cluster.members[cluster.ids[0]], transport=object())
+
+
+def test_connection_counts_of_watched_ports_are_exposed():
+    from twisted.internet.task import Clock
+
+    from txraft.transport.limits import ConnectionGuard, ConnectionLimits
+
+    cluster = settled()
+    metrics = metrics_of(cluster, cluster.ids[0])
+    assert sample(metrics, "txraft_connections_open", port="member") is None
+    guard = ConnectionGuard("member", ConnectionLimits(2, 1), Clock())
+    metrics.watch_port(guard)
+    assert guard.accept("10.0.0.9") and not guard.accept("10.0.0.9")
+    assert sample(metrics, "txraft_connections_open", port="member") == 1
+    assert sample(metrics, "txraft_connections_refused_total", port="member", reason="source") == 1
+    assert sample(metrics, "txraft_connections_timed_out_total", port="member", stage="handshake") == 0

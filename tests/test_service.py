@@ -256,3 +256,49 @@ async def test_credentials_are_loaded_once_at_start_and_serve_the_https_api(tmp_
                 200, b"hello from " + host.encode())
 
     await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+async def start_logging(services, svc):
+    """Start ``svc``; :returns: every log event emitted meanwhile."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await defer.ensureDeferred(services.start(svc)).addTimeout(10, reactor)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+@pytest_twisted.ensureDeferred
+async def test_members_without_a_certificate_name_are_warned_about_at_start(tmp_path, pki, services):
+    """Finding 7: peers without NAME@ gave no sign that their claimed identities go unchecked."""
+    host = "127.0.0.31"
+    cert, key = pki["member1"]
+    listen = f"{host}:{free_port(host)}"
+    unnamed, named = "127.0.0.32:7001", "127.0.0.33:7001"
+    config = RaftConfig(listen=listen, log_dir=str(tmp_path / "m"), cert=cert, key=key, ca=pki["ca"][0],
+                        acl=tuple(NAMES), peer_names={named: "member3"})
+    svc = RaftService(config, RecordingClient(), members=[listen, unnamed, named],
+                      transport=MemoryNetwork(reactor).transport(listen), warnings=["a configuration warning"])
+    events = await start_logging(services, svc)
+    warnings = [e for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+    assert [e["members"] for e in warnings if "members" in e] == [[unnamed]]
+    assert [e["warning"] for e in warnings if "warning" in e] == ["a configuration warning"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_descriptor_limit_below_what_the_ports_may_hold_is_warned_about(tmp_path, services, monkeypatch):
+    import resource
+
+    from txraft.kv import KeyValueStore
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 256))
+    host = "127.0.0.31"
+    listen = f"{host}:{free_port(host)}"
+    config = RaftConfig(listen=listen, log_dir=str(tmp_path / "m"), insecure=True)
+    svc = RaftService(config, KeyValueStore(), http=(host, 0))
+    events = await start_logging(services, svc)
+    [warning] = [e for e in events if "descriptor limit" in e.get("log_format", "")]
+    assert warning["soft"] == 256 and warning["needed"] == 128 + 512 + 64

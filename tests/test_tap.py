@@ -100,7 +100,7 @@ def test_help_states_each_default_once():
     assert "[default: ]" not in help_text
     assert help_text.count("[default:") == len([o for o in Options.optParameters if o[2] is not None]) + sum(
         "[default:" in o[3] for o in Options.optParameters if o[2] is None)
-    assert "admitted. [default: the NAMEs of --peers] --app" in help_text
+    assert "admitted. [default: the NAMEs of --peers] --allow-readable-key" in help_text
     assert "[default: none, a one-member cluster] --request-timeout" in help_text
 
 

@@ -312,7 +312,8 @@ def write_cluster_certs(out_dir, names: Iterable[str], client: Optional[str] = N
     for name in wanted:
         if name == "ca" or "/" in name or name.startswith("."):
             raise ValueError(f"{name!r} cannot be used as a file name in {out_dir}")
-    os.makedirs(out_dir, exist_ok=True)
+    # The directory holds the CA key: private, whatever the umask.
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
     ca_pem = os.path.join(out_dir, "ca.pem")
     ca_keyfile = os.path.join(out_dir, "ca.key")
     result = {"ca": (ca_pem, ca_keyfile)}

@@ -58,6 +58,9 @@ class RaftConfig:
         applied before it fails with :class:`txraft.errors.Timeout`.
     :ivar rpc_timeout: seconds a member RPC may take before it is abandoned.
     :ivar max_batch_bytes: byte budget of one AppendEntries batch.
+    :ivar max_command_bytes: the largest command a leader places in its log,
+        whichever path brought it (``append()``, a follower's forward, the
+        HTTP API); larger ones fail with :class:`txraft.errors.InvalidRequest`.
     :ivar max_inflight: AppendEntries requests in flight per follower.
     :ivar snapshot_chunk: bytes per InstallSnapshot chunk.
     :ivar fsync: ``"always"`` (durable before replying) or ``"never"``.
@@ -78,6 +81,7 @@ class RaftConfig:
     request_timeout: float = 10.0
     rpc_timeout: float = 2.0
     max_batch_bytes: int = 1024 * 1024
+    max_command_bytes: int = 1024 * 1024
     max_inflight: int = 8
     snapshot_chunk: int = 60 * 1024
     fsync: str = "always"
@@ -111,7 +115,7 @@ class RaftConfig:
                     f"election_timeout must be a number of seconds above heartbeat ({self.heartbeat}), "
                     f"got {self.election_timeout!r}"
                 )
-        for name in ("snapshot_threshold", "max_batch_bytes", "max_inflight", "snapshot_chunk"):
+        for name in ("snapshot_threshold", "max_batch_bytes", "max_command_bytes", "max_inflight", "snapshot_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")

@@ -69,6 +69,10 @@ class InvalidRequest(RaftError):
     entries that do not follow ``prev_index``, and the like).  Nothing was stored."""
 
 
+class CommandTooLarge(InvalidRequest):
+    """A command is larger than the leader's ``max_command_bytes``; it was not placed in the log."""
+
+
 class ConfigurationError(RaftError):
     """The configuration is invalid; the message names the setting."""
 

@@ -39,7 +39,8 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -109,6 +110,63 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
     return root
 
 
+# -- reading bodies within a limit ------------------------------------------------
+
+
+class BoundedRequest(server.Request):
+    """
+    A request whose body may not exceed its site's ``max_body_bytes``
+    (``None``: no limit): as soon as the declared ``Content-Length``, or the
+    chunks received, pass it, the client gets a JSON 413 and the connection is
+    closed.  Nothing beyond the limit is written to the request's content
+    file, and the resource is never called.
+
+    Use it as the ``requestFactory`` of a :class:`~twisted.web.server.Site`
+    that has a ``max_body_bytes`` attribute
+    (:class:`txraft.service.ClientCertificateSite` does).
+    """
+
+    refused = False
+    _received = 0
+
+    def _limit(self):
+        return getattr(getattr(self.channel, "site", None), "max_body_bytes", None)
+
+    def gotLength(self, length):
+        limit = self._limit()
+        if limit is not None and length is not None and length > limit:
+            self._refuse(f"request body of {length} bytes is above the limit of {limit}")
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit is not None and self._received > limit:
+            self._refuse(f"request body of more than {limit} bytes is above the limit of {limit}")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, message):
+        self.refused = True
+        # Not "100 Continue" after the refusal: twisted.web sends it after gotLength.
+        self.requestHeaders.removeHeader(b"expect")
+        if self.content is not None:
+            self.content.close()
+        self.content = None
+        body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.loseConnection()
+
+
 # -- plumbing ----------------------------------------------------------------
 
 
@@ -144,6 +202,10 @@ def _failure_response(failure):
     error = failure.value
     if isinstance(error, BadRequest):
         return _Response.json(error.code, {"error": str(error)})
+    if isinstance(error, errors.CommandTooLarge):
+        return _Response.json(413, {"error": str(error)})
+    if isinstance(error, errors.InvalidRequest):
+        return _Response.json(400, {"error": str(error)})
     if isinstance(error, errors.NoQuorum):
         return _Response.json(503, {"error": f"no quorum: {error}"})
     if isinstance(error, errors.Timeout):
@@ -154,7 +216,7 @@ def _failure_response(failure):
         return _Response.json(503, {"error": f"member stopped: {error}"})
     if isinstance(error, errors.ApplyError) and isinstance(error.cause, InvalidCommand):
         return _Response.json(400, {"error": str(error.cause)})
-    log.failure("HTTP API request failed", failure)
+    log.failure("HTTP API request failed", failure, level=LogLevel.error)
     return _Response.json(500, {"error": f"internal error: {type(error).__name__}: {error}"})
 
 
@@ -211,6 +273,12 @@ class _MethodResource(Resource):
             return handler(request)
         except BadRequest as e:
             return _error_body(request, e.code, str(e))
+        except Exception:
+            # A bug of ours, not the client's mistake: a JSON 500 and one error
+            # line, never twisted.web's HTML page and critical traceback.
+            log.failure("HTTP API {method} {path} failed", method=method,
+                        path=request.path.decode("latin-1"), level=LogLevel.error)
+            return _error_body(request, 500, "internal error; see the member's log")
 
 
 class _ErrorResource(Resource):
@@ -372,6 +440,8 @@ class KeyValueResource(_MethodResource):
             document = json.loads(body)
         except ValueError as e:  # bad UTF-8 included
             raise BadRequest(400, f"body is not JSON: {e}") from None
+        except RecursionError:
+            raise BadRequest(400, "body is not JSON this API reads: it is nested too deeply") from None
         if not isinstance(document, dict) or "value" not in document or "expect" not in document:
             raise BadRequest(400, 'body must be a JSON object {"expect": <string or null>, "value": <string>}')
         expect, value = document["expect"], document["value"]

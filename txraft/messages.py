@@ -13,6 +13,20 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+#: Every term, index, offset and sequence number is below this, whoever made
+#: it: :mod:`txraft.codec` refuses larger ones from the wire or a file, and the
+#: core never raises its own term to it.  2**62 is more elections and entries
+#: than any cluster will see, and leaves room below what msgpack and the
+#: snapshot header (64-bit unsigned) can encode, so no peer can push a member
+#: to a term it cannot store.
+NUMBER_LIMIT = 2**62
+
+#: The most entries one AppendEntries carries.  A leader never sends more (a
+#: default batch of 1 MiB holds at most 32,768), and a member refuses more, so
+#: a request's cost in memory is bounded whatever the size of its entries:
+#: each entry costs a few hundred bytes of Python objects, however small.
+MAX_ENTRIES = 65536
+
 
 class EntryKind(enum.IntEnum):
     """What a log entry carries."""

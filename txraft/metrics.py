@@ -44,6 +44,13 @@ Every name starts with ``txraft_``:
 ``txraft_replicated_entries_total{peer}``   log entries sent (retransmissions included)
 ``txraft_append_latency_seconds``           histogram: ``append()`` call to local apply
 ``txraft_append_failures_total{error}``     appends that failed, by exception class
+``txraft_connections_open{port}``           connections held by the member and HTTP ports
+``txraft_connections_refused_total{port,reason}``  connections closed at accept: over the
+                                            port's cap (``reason="port"``) or the cap per
+                                            source address (``reason="source"``)
+``txraft_connections_timed_out_total{port,stage}``  connections aborted for not finishing the
+                                            TLS handshake (``stage="handshake"``) or not
+                                            sending a request (``stage="idle"``) in time
 ==========================================  =================================================
 """
 
@@ -146,6 +153,8 @@ class MemberMetrics(RaftObserver):
         self._core = None
         self._first_term = None
         self.transport = transport if count_bytes else None
+        #: The :class:`~txraft.transport.limits.ConnectionGuard` of each port watched.
+        self.ports = []
         self.registry.register(_StatusCollector(self))
         self.attach()
 
@@ -171,6 +180,11 @@ class MemberMetrics(RaftObserver):
             # counting transport; read it, never replace it.
             self.transport = found
         return True
+
+    def watch_port(self, guard):
+        """Expose the connection counts of a :class:`~txraft.transport.limits.ConnectionGuard`."""
+        if guard is not None and guard not in self.ports:
+            self.ports.append(guard)
 
     def leader_changed(self, leader, term):
         """:class:`~txraft.interfaces.IRaftObserver`: count a newly known leader."""
@@ -272,3 +286,20 @@ class _StatusCollector:
             entries.add_metric([peer], transport.entries.get(peer, 0))
         yield sent
         yield entries
+        yield from _connection_families(metrics.ports)
+
+
+def _connection_families(guards):
+    opened = GaugeMetricFamily("txraft_connections_open", "Connections held by each port", labels=["port"])
+    refused = CounterMetricFamily("txraft_connections_refused", "Connections closed at accept, over a cap",
+                                  labels=["port", "reason"])
+    timed_out = CounterMetricFamily("txraft_connections_timed_out",
+                                    "Connections aborted for not finishing the TLS handshake or sending a request in time",
+                                    labels=["port", "stage"])
+    for guard in guards:
+        opened.add_metric([guard.name], guard.open)
+        for reason, count in guard.refused.items():
+            refused.add_metric([guard.name, reason], count)
+        for stage, count in guard.timed_out.items():
+            timed_out.add_metric([guard.name, stage], count)
+    return opened, refused, timed_out

@@ -95,7 +95,14 @@ class Proposals(RaftObserver):
             return  # with no leader known, wait for leader_changed
         d = self.core.propose(pending.command, self._request_id(pending))
         d.addCallbacks(lambda placed: self._placed_at(pending, *placed),
-                       lambda failure: self._retry_later(pending, failure))
+                       lambda failure: self._refused_or_retry(pending, failure))
+
+    def _refused_or_retry(self, pending, failure):
+        if failure.check(errors.InvalidRequest):
+            # The leader refused the command itself (too large): trying again cannot help.
+            self._finish(pending, failure.value)
+        else:
+            self._retry_later(pending, failure)
 
     def _placed_at(self, pending, term, index):
         if pending.seq not in self._pending:

@@ -40,7 +40,9 @@ from twisted.web import http, server
 from zope.interface import implementer
 
 from txraft.errors import CorruptLog, RaftError
+from txraft.http import BoundedRequest
 from txraft.member import Raft
+from txraft.transport.limits import HTTP_LIMITS, ConnectionGuard, descriptor_budget, mark_established
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
 
 __all__ = ["RaftService", "ClientCertificateSite", "LOST_DISK"]
@@ -75,6 +77,12 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     def connectionMade(self):
         super().connectionMade()
         self.factory.connections.add(self)
+        if self.policy is None:  # plain HTTP: no handshake to wait for
+            mark_established(self.transport)
+
+    def peer_admitted(self):
+        # From here on, twisted.web's own idle timeout applies.
+        mark_established(self.transport)
 
     def connectionLost(self, reason):
         self.factory.connections.discard(self)
@@ -94,12 +102,17 @@ class ClientCertificateSite(server.Site):
     :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied
         after each TLS handshake, or ``None``.
     :ivar connections: the open connections; each has a ``closed`` Deferred.
+    :ivar max_body_bytes: the largest request body read; a larger one is
+        refused with 413 as soon as it is declared or received
+        (:class:`txraft.http.BoundedRequest`).  ``None``: no limit.
     """
 
     protocol = _ClientCheckedChannel
+    requestFactory = BoundedRequest
 
-    def __init__(self, resource, client_acl=None, reactor=None):
+    def __init__(self, resource, client_acl=None, reactor=None, max_body_bytes=None):
         super().__init__(resource, reactor=reactor)
+        self.max_body_bytes = max_body_bytes
         self.client_acl = frozenset(client_acl) if client_acl is not None else None
         self.policy = None if client_acl is None else AccessPolicy.build(
             self.client_acl, unlisted="no name is in --client-acl")
@@ -146,10 +159,17 @@ class RaftService(service.MultiService):
     :param exit_on_failure: when the member cannot start, log one line, stop
         the reactor and exit the process with status 1 (what ``twistd raft``
         wants; embedding applications leave it off and watch :attr:`ready`).
+    :param max_command_size: the largest command (and request body) the HTTP
+        API accepts; by default ``config.max_command_bytes``, the limit the
+        leader applies to every command.
     :param credentials: the member's :class:`~txraft.transport.tls.TLSCredentials`,
         already loaded (``twistd raft`` loads them while checking its
         options); by default they are loaded from ``config`` once, at start.
         The member transport and the HTTPS API share them.
+    :param warnings: lines about the configuration to log as warnings at
+        start (``twistd raft`` checks its options before logging begins).
+    :param http_limits: the :class:`~txraft.transport.limits.ConnectionLimits`
+        of the HTTP API's port.
 
     :ivar raft: the :class:`txraft.member.Raft`, from :meth:`startService` on.
     :ivar transport: the member's transport, wrapped in a
@@ -159,13 +179,15 @@ class RaftService(service.MultiService):
         the HTTP API listens, or failing with the reason it could not start.
         A new one is made by every :meth:`startService`.
     :ivar http_address: ``(host, port)`` the API listens on once ready.
+    :ivar http_guard: the :class:`~txraft.transport.limits.ConnectionGuard` of
+        the API's port.
     """
 
     log = Logger()
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
-                 transport=None, api=None, exit_on_failure=False, max_command_size=1024 * 1024,
-                 credentials=None):
+                 transport=None, api=None, exit_on_failure=False, max_command_size=None,
+                 credentials=None, http_limits=HTTP_LIMITS, warnings=()):
         super().__init__()
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -178,11 +200,14 @@ class RaftService(service.MultiService):
         self.http = http
         self.client_acl = tuple(client_acl or ())
         self.exit_on_failure = exit_on_failure
-        self.max_command_size = max_command_size
+        # One limit for every path into the log: the HTTP API refuses what the leader would.
+        self.max_command_size = config.max_command_bytes if max_command_size is None else max_command_size
         self.api = api if api is not None else _key_value_api
         self._storage = storage
         self._transport = transport
         self.credentials = credentials
+        self.http_guard = ConnectionGuard("http", http_limits, reactor)
+        self.warnings = tuple(warnings)
         self.transport = None
         self.raft = None
         self.metrics = None
@@ -196,6 +221,8 @@ class RaftService(service.MultiService):
 
     def startService(self):
         super().startService()
+        for warning in self.warnings:
+            self.log.warn("{warning}", warning=warning)
         self.ready = defer.Deferred()
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._failed)
@@ -244,7 +271,31 @@ class RaftService(service.MultiService):
             heartbeat=c.heartbeat, election=c.election_base,
             security="INSECURE" if c.insecure else f"TLS, ACL {sorted(c.acl)}",
             api="off" if self.http_address is None else "%s:%d" % self.http_address)
+        self._check_descriptor_limit()
+        self._check_identities()
         self.ready.callback(self)
+
+    def _check_identities(self):
+        if self.config.insecure:
+            return
+        unbound = sorted(m for m in self.raft.members if m != self.raft.id and m not in self.config.peer_names)
+        if unbound:
+            self.log.warn(
+                "members {members} are given without a certificate name: any certificate in the ACL may "
+                "claim to be them (vote, lead) in requests; give them as NAME@HOST:PORT (docs/security.md, "
+                "'Claimed identity')", members=unbound)
+
+    def _check_descriptor_limit(self):
+        import resource
+
+        guards = [self.http_guard] if self.http_address is not None else []
+        guards += [getattr(getattr(self.transport, "transport", None), "connection_guard", None)]
+        needed = descriptor_budget(*(guard.limits for guard in guards if guard is not None))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            self.log.warn("the descriptor limit is {soft}, but this member may hold {needed} connections and files; "
+                          "raise it (ulimit -n, LimitNOFILE; docs/deployment.md, 'Descriptors')",
+                          soft=soft, needed=needed)
 
     def _failed(self, failure):
         self._starting = None
@@ -300,8 +351,9 @@ class RaftService(service.MultiService):
         host, port = self.http
         credentials = self._load_credentials()
         client_acl = None if credentials is None else self.client_acl
-        self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor)
-        endpoint = server_endpoint(self.reactor, host, port, credentials)
+        self._site = ClientCertificateSite(resource, client_acl=client_acl, reactor=self.reactor,
+                                           max_body_bytes=self.max_command_size)
+        endpoint = server_endpoint(self.reactor, host, port, credentials, self.http_guard)
         self._port = await endpoint.listen(self._site)
         self.http_address = (host, self._port.getHost().port)
         if credentials is None:
@@ -315,6 +367,8 @@ def _key_value_api(svc):
     from txraft.metrics import MemberMetrics
 
     svc.metrics = MemberMetrics(svc.raft, transport=svc.transport)
+    svc.metrics.watch_port(getattr(getattr(svc.transport, "transport", None), "connection_guard", None))
+    svc.metrics.watch_port(svc.http_guard)
     return create_api(svc.raft, svc.app, metrics=svc.metrics, request_timeout=svc.config.request_timeout,
                       max_command_size=svc.max_command_size)
 

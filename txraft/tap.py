@@ -126,10 +126,27 @@ def _check_logdir(path):
 
 
 def _check_file(option, path):
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigurationError(f"--{option} {path}: no such file")
+    if not os.path.isfile(path):
+        # A directory, a device (/dev/zero would be read forever), a FIFO, a socket.
+        raise ConfigurationError(f"--{option} {path}: not a regular file")
     if not os.access(path, os.R_OK):
         raise ConfigurationError(f"--{option} {path}: not readable")
+
+
+def _check_key_private(path, allow_readable):
+    """Refuse a private key other users may read or change, unless allowed (then a warning at start)."""
+    mode = os.stat(path).st_mode & 0o777
+    if not mode & 0o077:
+        return None
+    problem = (f"--key {path}: other users may {'change' if mode & 0o022 else 'read'} it (mode {mode:04o}); "
+               f"anyone who reads it can join the cluster as this member")
+    if mode & 0o022 or not allow_readable:
+        raise ConfigurationError(problem + ": chmod 600 it" + (
+            "" if mode & 0o022 else ", or pass --allow-readable-key (e.g. a key shared with a group-readable "
+                                    "secrets mount)"))
+    return problem
 
 
 def _check_bindable(option, host, port):
@@ -156,6 +173,9 @@ class Options(usage.Options):
 
     optFlags = [
         ["insecure", None, "Plain TCP and HTTP: no certificates, no encryption, no ACL. Never in production."],
+        ["allow-readable-key", None,
+         "Start even if other users may read --key (a warning is logged); a key others may change is "
+         "always refused."],
     ]
 
     optParameters = [
@@ -258,6 +278,7 @@ class Options(usage.Options):
             if given:
                 raise ConfigurationError(f"--insecure contradicts --{given[0]}: choose certificates or --insecure")
             self["credentials"] = None
+            self["key_warning"] = None
         else:
             missing = [o for o in ("cert", "key", "ca") if not self[o]]
             if missing:
@@ -267,9 +288,11 @@ class Options(usage.Options):
                     + "); or run with --insecure (plain TCP, never in production)")
             for option in ("cert", "key", "ca"):
                 _check_file(option, self[option])
+            self["key_warning"] = _check_key_private(self["key"], self["allow-readable-key"])
             from txraft.transport.tls import TLSCredentials
 
             self["credentials"] = TLSCredentials.load(self["cert"], self["key"], self["ca"])
+            self["credentials"].check_own_certificate()
             if len(members) > 1 and not acl:
                 raise ConfigurationError(
                     "no member would be admitted: give --acl NAME,... or name the members in --peers "
@@ -337,4 +360,5 @@ def makeService(options):
         # Loaded once, while the options were checked; the member transport
         # and the HTTPS API share them.
         credentials=options["credentials"],
+        warnings=[options["key_warning"]] if options["key_warning"] else [],
     )

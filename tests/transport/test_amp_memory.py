@@ -223,11 +223,13 @@ def test_garbage_bytes_close_the_connection():
                                     pre_vote=False), "RequestVote.term"),
         (RawEntries, dict(term=1, leader="x", prev_index=0, prev_term=0, entries=b"=\xc1", leader_commit=0),
          "AppendToLog.entries"),
-        (RawEntries, dict(term=1, leader="x", prev_index=0, prev_term=0, entries=b"=\x91\x92\x02\x01",
-                          leader_commit=0), "only entries"),
+        (RawEntries, dict(term=1, leader="x", prev_index=0, prev_term=0,
+                          entries=b"=\x91\x96\x02\x01\x01\x00\xc4\x00\xc0", leader_commit=0), "only entries"),
+        (RawEntries, dict(term=1, leader="x", prev_index=0, prev_term=0, entries=b"=\x92" + b"\x90" * 20,
+                          leader_commit=0), "an entry must be an array of 6 values"),
         (commands.Append, dict(command=b"x", request_id=["s", 1]), "RequestId has 3 fields"),
     ],
-    ids=["negative-term", "entries-not-msgpack", "entries-not-entries", "short-request-id"],
+    ids=["negative-term", "entries-not-msgpack", "entries-not-entries", "empty-arrays", "short-request-id"],
 )
 def test_a_value_that_parses_but_is_malformed_is_an_invalid_request_and_the_connection_stays(
     command, arguments, message

@@ -32,6 +32,7 @@ class Election:
     """The election half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
     _election_call = None
+    _exhaustion_logged = None  # the term whose exhaustion was logged
 
     # -- the timer -------------------------------------------------------------
 
@@ -59,9 +60,22 @@ class Election:
         """
         if self.state.role is m.Role.STOPPED:
             raise errors.Stopped(f"member {self.id} is stopped")
+        if self._term_exhausted():
+            raise errors.RaftError(f"member {self.id} is at term {self.term}, the last a member may use")
         self._become_candidate(disrupt=True)
 
     # -- pre-vote (dissertation 9.6) ----------------------------------------------
+
+    def _term_exhausted(self):
+        """:returns: whether the next term would reach :data:`~txraft.messages.NUMBER_LIMIT` (logged once)."""
+        if self.term + 1 < m.NUMBER_LIMIT:
+            return False
+        if self._exhaustion_logged == self.term:
+            return True
+        self._exhaustion_logged = self.term
+        self.log.error("{member} cannot stand for election: term {term} is the last a member may use "
+                       "(see docs/operations.md, 'A term out of range')", member=self.id, term=self.term)
+        return True
 
     def _start_pre_vote(self):
         """
@@ -69,6 +83,8 @@ class Election:
         member that cannot win (cut off, or with a stale log) never raises its
         term, so when it returns it cannot force a healthy leader to step down.
         """
+        if self._term_exhausted():
+            return
         self._set_leader("")
         self._reset_election_timer()
         round_ = self.state.pre_vote = PreVote(self.term + 1, self.id)
@@ -95,6 +111,8 @@ class Election:
     # -- votes (5.2) -----------------------------------------------------------------
 
     def _become_candidate(self, disrupt):
+        if self._term_exhausted():
+            return
         term = self.term + 1
         self.storage.save_hard_state(m.HardState(term, self.id))
         candidate = Candidate(term, self.id)

@@ -75,13 +75,29 @@ __all__ = ["DUPLICATE", "RaftCore", "Role", "Status"]
 DUPLICATE = object()
 
 
-def _check_non_negative(message):
-    """Terms, indexes and offsets are never negative, whatever transport brought them."""
+def _check_numbers(message):
+    """
+    Terms, indexes and offsets lie in ``0 .. NUMBER_LIMIT - 1``, whatever
+    transport brought them (the AMP codec checks the same on the wire), so no
+    request can push this member to a term or index it could not store.
+    """
     for item in dataclasses.fields(message):
         value = getattr(message, item.name)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            raise errors.InvalidRequest(
-                f"{type(message).__name__}.{item.name} must not be negative, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check_number(value, f"{type(message).__name__}.{item.name}")
+        elif item.name == "entries" and value:
+            if len(value) > m.MAX_ENTRIES:
+                raise errors.InvalidRequest(f"{len(value)} entries are more than the {m.MAX_ENTRIES} "
+                                            "one request may carry")
+            _check_number(value[-1].index, f"{type(message).__name__}.entries index")
+            _check_number(max(entry.term for entry in value), f"{type(message).__name__}.entries term")
+
+
+def _check_number(value, what):
+    if value < 0:
+        raise errors.InvalidRequest(f"{what} must not be negative, got {value}")
+    if value >= m.NUMBER_LIMIT:
+        raise errors.InvalidRequest(f"{what} must be below 2**62, got {value}")
 
 
 @implementer(IRPCHandler)
@@ -332,7 +348,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         if handler is None:
             return defer.fail(errors.InvalidRequest(f"unexpected message {type(message).__name__}"))
         try:
-            _check_non_negative(message)
+            _check_numbers(message)
             return defer.maybeDeferred(handler, self, message)
         except Exception:
             return defer.fail(Failure())

@@ -61,7 +61,13 @@ class Replication:
             placed the command (at once on the leader).
         :raises NotLeader: (through the Deferred) when no leader is known, or
             the one asked no longer leads.
+        :raises CommandTooLarge: (through the Deferred) when ``command`` is over
+            ``config.max_command_bytes``; the leader checks again.
         """
+        try:
+            self._check_command(command)
+        except errors.InvalidRequest:
+            return defer.fail()
         if self._role_of_term(Leader, self.term) is not None:
             return defer.succeed(self._place(command, request_id))
         if not self.leader or self.role is m.Role.STOPPED:
@@ -69,11 +75,24 @@ class Replication:
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
+    def _check_command(self, command):
+        limit = self.config.max_command_bytes
+        if len(command) > limit:
+            raise errors.CommandTooLarge(f"command of {len(command)} bytes is above the limit of {limit}")
+
     def _place(self, command, request_id):
-        """Append a command to the leader's log. :returns: ``(term, index)``. :raises NotLeader:"""
+        """
+        Append a command to the leader's log, the one place where every
+        command enters it (``append()`` here, a follower's ForwardAppend).
+
+        :returns: ``(term, index)``.
+        :raises NotLeader:
+        :raises CommandTooLarge: when ``command`` is over ``config.max_command_bytes``.
+        """
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
+        self._check_command(command)
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
         self._append_own(leader, [entry])
         return entry.term, entry.index
@@ -167,8 +186,8 @@ class Replication:
             return True
         entries = ()
         if not heartbeat and progress.next_index <= storage.last_index:
-            entries = tuple(storage.entries(progress.next_index, storage.last_index + 1,
-                                            self.config.max_batch_bytes))
+            high = min(storage.last_index + 1, progress.next_index + m.MAX_ENTRIES)
+            entries = tuple(storage.entries(progress.next_index, high, self.config.max_batch_bytes))
         if not entries and not heartbeat:
             return False
         request = m.AppendEntries(leader.term, self.id, prev_index, prev_term, entries, self.commit_index)

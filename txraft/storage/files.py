@@ -13,7 +13,8 @@ names sort in log order.  Use it like this::
 
 A file is installed under a temporary name, fsynced, renamed into place and
 the directory fsynced, so it never exists half-made.  Files of other names
-are never touched.
+are never touched.  A directory txraft creates is private (0700) and so is
+every file it writes (0600): they hold every command ever replicated.
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ __all__ = [
     "install_file",
     "list_files",
     "prepare_directory",
+    "FILE_MODE",
+    "DIRECTORY_MODE",
+    "exposed",
 ]
+
+#: Logs and snapshots are the member's alone: they hold every command.
+FILE_MODE = 0o600
+#: A log directory made by txraft (its parents are left as they are).
+DIRECTORY_MODE = 0o700
 
 _NAME = re.compile(r"^(\d{20})\.(\d{20})\.(log|snap)$")
 _TEMPORARY = re.compile(r"^\d{20}\.\d{20}\.(log|snap)\..*\.tmp$")
@@ -76,7 +85,7 @@ def install_file(directory, name, data, fsync):
     """Write ``data`` to ``directory/name`` atomically (temporary name, fsync, rename, fsync directory)."""
     final = os.path.join(directory, name)
     temporary = final + ".new.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         write_all(fd, data, 0)
         if fsync:
@@ -102,6 +111,22 @@ def list_files(directory):
     return logs, snapshots, temporaries
 
 
+def exposed(directory):
+    """
+    :returns: ``(path, mode)`` of the directory and of each log, snapshot or
+        temporary file in it that other users may read or write (group or
+        other permission bits), for a warning at start.
+    """
+    found = []
+    paths = [directory] + [os.path.join(directory, name) for name in sorted(os.listdir(directory))
+                           if _NAME.match(name) or _TEMPORARY.match(name)]
+    for path in paths:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            found.append((path, mode))
+    return found
+
+
 def prepare_directory(directory, fsync):
     """
     Create ``directory`` if needed, check that it can be written and lock it
@@ -116,7 +141,7 @@ def prepare_directory(directory, fsync):
         raise ConfigurationError(f"log_dir {directory!r} exists and is not a directory")
     try:
         if not os.path.exists(directory):
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
             if fsync:
                 # Make the new directory's own name durable.
                 fsync_directory(os.path.dirname(os.path.abspath(directory)))
@@ -139,7 +164,7 @@ def prepare_directory(directory, fsync):
 def _check_writable_directory(directory):
     probe = os.path.join(directory, stem(0, 0) + ".log.probe.tmp")
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         os.close(fd)
         os.remove(probe)
     except OSError as e:

@@ -25,7 +25,7 @@ import zlib
 import msgpack
 
 from txraft import codec
-from txraft.messages import Entry, SnapshotMeta
+from txraft.messages import NUMBER_LIMIT, Entry, SnapshotMeta
 
 __all__ = [
     "LOG_MAGIC",
@@ -116,7 +116,7 @@ def peek(payload):
         raise ValueError(f"not a valid msgpack value: {e}") from None
     if type(raw) is list and len(raw) == 6 and raw[0] == _ENTRY_TAG:
         index, term = raw[2], raw[1]
-        if type(index) is int and type(term) is int and index >= 0 and term >= 0:
+        if type(index) is int and type(term) is int and 0 <= index < NUMBER_LIMIT and 0 <= term < NUMBER_LIMIT:
             return index, term
     return codec.from_wire(raw)
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 
+from txraft.codec import OutOfRange
 from txraft.errors import CorruptLog, StorageError
 from txraft.messages import HardState, SnapshotMeta
-from txraft.storage.files import install_file, list_files, log_name, prepare_directory
+from txraft.storage.files import exposed, install_file, list_files, log_name, prepare_directory
 from txraft.storage.records import (
     LOG_MAGIC,
     MAX_RECORD,
@@ -119,6 +120,14 @@ def replay(path, key, state, is_last):
                 break
             try:
                 value = peek(payload)
+            except OutOfRange as e:
+                raise CorruptLog(
+                    f"{path}: offset {offset}: {e}, beyond what a member can use (an earlier txraft "
+                    "let a peer push a term that far).  Repair: if a majority of members still start, "
+                    "stop this one, move its log directory aside and let it rejoin empty "
+                    "(docs/operations.md, 'A member's disk is lost'); otherwise restore the cluster "
+                    "from a backup (docs/operations.md, 'Restoring the whole cluster from a backup')"
+                ) from None
             except ValueError as e:
                 raise CorruptLog(f"{path}: offset {offset}: undecodable record: {e}")
             if type(value) is tuple:
@@ -182,6 +191,11 @@ def recover(directory, fsync):
 
 def _recover_locked(directory, fsync):
     state = Recovered()
+    for path, mode in exposed(directory):
+        state.warnings.append((
+            "{file} may be read by other users (mode {mode}); it holds every command: "
+            "chmod 700 the log directory and 600 its files",
+            dict(file=path, mode=f"{mode:04o}")))
     logs, snapshots, temporaries = list_files(directory)
     for path in temporaries:
         # Leftovers of a snapshot or log that was never installed.

@@ -13,8 +13,8 @@ Build one per member from its configuration, start it with the member's
 
 How it works:
 
-- The member listens on ``config.listen`` (``SSL4ServerEndpoint`` bound to that
-  host).  With port 0 the system picks one; ``transport.address`` then gives
+- The member listens on ``config.listen`` (TLS over TCP bound to that host,
+  under the connection limits of :mod:`txraft.transport.limits`).  With port 0 the system picks one; ``transport.address`` then gives
   the real ``host:port``.
 - For each peer, one long-lived connection carries every RPC
   (:mod:`txraft.transport.links`: reconnection, and use of a connection only
@@ -57,12 +57,15 @@ from txraft.transport import commands, fragments
 from txraft.transport.addresses import member_id
 from txraft.transport.arguments import Blob, BlobRef, Encoded
 from txraft.transport.fragments import FRAGMENT_SIZE, FRAGMENT_WINDOW, MAX_MESSAGE_BYTES
+from txraft.transport.limits import MEMBER_LIMITS, ConnectionGuard, mark_admitted, mark_established
 from txraft.transport.links import PeerLink, client_endpoint, retry_policy
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials, server_endpoint
 
 __all__ = ["AMPTransport", "MemberProtocol", "MemberContext", "MAX_MESSAGE_BYTES", "FRAGMENT_SIZE", "FRAGMENT_WINDOW"]
 
 _BAD_REQUEST = b"BAD_REQUEST"
+# The blob id of the greeting an outgoing link sends first (senders number theirs from 0).
+_GREETING = -1
 
 
 def _blob_arguments(command):
@@ -73,6 +76,28 @@ def _blob_arguments(command):
 
 # Computed once: every request goes through one of these.
 _BLOBS = {command: _blob_arguments(command) for command in commands.COMMANDS.values()}
+
+#: The commands a member answers, by wire name: txraft's own, none of AMP's
+#: built-ins (``StartTLS`` and the like) and nothing else.
+_ANSWERED = frozenset(command.commandName for command in (*commands.COMMANDS.values(), commands.Fragment))
+
+
+def _most_keys():
+    """The most keys a box of txraft's may have: a request, an answer or an error."""
+    requests = [len(c.arguments) + 2 for c in (*commands.COMMANDS.values(), commands.Fragment)]  # + _ask, _command
+    answers = [len(c.response) + 1 for c in commands.COMMANDS.values()]  # + _answer
+    return max(requests + answers + [3])  # an error: _error, _error_code, _error_description
+
+
+#: A box with more keys than this is refused as soon as the extra key arrives.
+MAX_BOX_KEYS = _most_keys()
+#: A box with more bytes than this (keys and values) is refused as soon as they
+#: arrive: one fragment or inline value, one other value of AMP's largest, and
+#: the small fields.
+MAX_BOX_BYTES = FRAGMENT_SIZE + 65535 + 8192
+#: Seconds a connection may hold fragments of a value without receiving more of
+#: them or the command that uses them; then they are dropped.
+FRAGMENT_IDLE_TIMEOUT = 30.0
 
 
 def _claimant(message) -> Optional[str]:
@@ -97,6 +122,11 @@ class MemberContext:
     :ivar policy: the :class:`~txraft.transport.tls.AccessPolicy` applied to
         peers, or ``None`` on an insecure transport (no handshake to wait for).
     :ivar max_message_bytes: the most bytes one field may have, sent or received.
+    :ivar clock: the ``IReactorTime`` of the fragment deadlines; ``None``
+        for none (connections in memory, in tests).
+    :ivar fragment_budget: the :class:`~txraft.transport.fragments.Budget` of
+        fragment bytes held by all connections together (twice
+        ``max_message_bytes``), so more connections cannot hold more memory.
     :ivar handler: the :class:`~txraft.interfaces.IRPCHandler` receiving
         requests; ``None`` before start and after stop.
     :ivar stopping: whether the transport is stopping (connections closing
@@ -104,9 +134,11 @@ class MemberContext:
     :ivar connections: every open :class:`MemberProtocol`, in either direction.
     """
 
-    def __init__(self, policy: Optional[AccessPolicy], max_message_bytes: int):
+    def __init__(self, policy: Optional[AccessPolicy], max_message_bytes: int, clock=None):
         self.policy = policy
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.fragment_budget = fragments.Budget(2 * max_message_bytes)
         self.handler = None
         self.stopping = False
         self.connections: Set[MemberProtocol] = set()
@@ -146,8 +178,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.peer_address = "?"
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
-        self._fragments = fragments.Reassembly(context.max_message_bytes, 2 * context.max_message_bytes)
+        self._fragments = fragments.Reassembly(context.max_message_bytes, context.max_message_bytes,
+                                               context.fragment_budget)
+        self._fragments_checked = None
         self._next_blob = 0
+        self._box_bytes = 0
 
     # -- connection life ---------------------------------------------------
 
@@ -162,6 +197,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.context.connections.add(self)
         if self.policy is None:  # insecure: no handshake to wait for
+            mark_admitted(self.transport)
             self.peer_admitted()
 
     def describe_peer(self):
@@ -174,6 +210,11 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def peer_admitted(self):
         self.admitted = True
         if self.link is not None:
+            # Speak at once: the accepting member closes a connection that
+            # stays silent (txraft.transport.limits), and a link may have
+            # nothing to send between elections.  Discarding a value never
+            # sent is answered by every release, without the Raft core.
+            self.callRemote(commands.Fragment, blob=_GREETING, data=b"", discard=True).addErrback(lambda _: None)
             self.link.admitted(self)
         # ClientService resumes from this callback; callers waiting on the link
         # are woken only afterwards, outside its state machine, so that they
@@ -192,6 +233,9 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     def connectionLost(self, reason):
         self.context.connections.discard(self)
+        self._fragments.clear()
+        if self._fragments_checked is not None and self._fragments_checked.active():
+            self._fragments_checked.cancel()
         amp.AMP.connectionLost(self, reason)
         if not self.admitted:
             # The TLS handshake failed, or the other side refused us.
@@ -219,12 +263,50 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     # -- receiving -----------------------------------------------------------
 
+    def proto_key(self, string):
+        # The parser's state for a key: refuse an oversized box before it grows further.
+        if not string:
+            self._box_bytes = 0
+        elif len(self._currentBox) >= MAX_BOX_KEYS and string not in self._currentBox:
+            return self._refuse_box(f"a box with more than {MAX_BOX_KEYS} keys")
+        else:
+            self._box_bytes += len(string)
+        return amp.AMP.proto_key(self, string)
+
+    def proto_value(self, string):
+        self._box_bytes += len(string)
+        if self._box_bytes > MAX_BOX_BYTES:
+            return self._refuse_box(f"a box of more than {MAX_BOX_BYTES} bytes")
+        return amp.AMP.proto_value(self, string)
+
+    def proto_refused(self, string):
+        """The state after a refused box: everything else is ignored while the connection closes."""
+        return "refused"
+
+    def _refuse_box(self, what):
+        self.log.warn("closing the connection from {peer} {names}: it sent {what}", peer=self.peer_address,
+                      names=sorted(self.peer_certificate_names), what=what)
+        self._currentBox = None
+        self.transport.abortConnection()
+        return "refused"
+
     def ampBoxReceived(self, box):
-        self.heard = True
-        return amp.AMP.ampBoxReceived(self, box)
+        if not self.heard:
+            self.heard = True
+            # An admitted peer that speaks holds a peer link: no idle deadline any more.
+            mark_established(self.transport)
+        try:
+            return amp.AMP.ampBoxReceived(self, box)
+        except Exception as error:
+            # A box AMP cannot make sense of (empty, an answer to no question,
+            # ...): a protocol violation that closes this connection only.
+            self.log.warn("closing the connection from {peer} {names}: malformed box: {error}",
+                          peer=self.peer_address, names=sorted(self.peer_certificate_names),
+                          error=f"{type(error).__name__}: {error}"[:200])
+            self.transport.abortConnection()
 
     def locateResponder(self, name):
-        responder = amp.AMP.locateResponder(self, name)
+        responder = amp.AMP.locateResponder(self, name) if name in _ANSWERED else None
         if responder is None:
             return lambda box: self._violation(Failure(ValueError(f"unknown command {name!r}")), name)
 
@@ -279,7 +361,28 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self._fragments.discard(blob)
         else:
             self._fragments.add(blob, data, offset)
+            self._note_fragments()
         return {}
+
+    def _note_fragments(self):
+        clock = self.context.clock
+        if clock is not None:
+            self._fragments_seen = clock.seconds()
+            if self._fragments_checked is None and self._fragments.total:
+                self._fragments_checked = clock.callLater(FRAGMENT_IDLE_TIMEOUT, self._check_fragments)
+
+    def _check_fragments(self):
+        """Drop what this connection holds of values that stopped arriving (or were never used)."""
+        self._fragments_checked = None
+        if not self._fragments.total:
+            return
+        idle = self.context.clock.seconds() - self._fragments_seen
+        if idle >= FRAGMENT_IDLE_TIMEOUT:
+            self.log.warn("dropping {size} bytes of fragments from {peer}: none arrived or was used for {idle:.0f} s",
+                          size=self._fragments.total, peer=self.peer_address, idle=idle)
+            self._fragments.clear()
+        else:
+            self._fragments_checked = self.context.clock.callLater(FRAGMENT_IDLE_TIMEOUT - idle, self._check_fragments)
 
     def _serve(self, command, kw):
         d = defer.maybeDeferred(self._receive, command, kw)
@@ -292,6 +395,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             value = kw[key]
             if isinstance(value, BlobRef):
                 value = self._fragments.take(value.blob)
+                self._note_fragments()
             try:
                 kw[key] = argument.decode(value)
             except ValueError as error:
@@ -318,6 +422,12 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         return codec.to_fields(reply)
 
     def _error_response(self, failure, command):
+        if failure.check(e.InvalidRequest):
+            # Refused before anything was stored; say who sent it.
+            self.log.warn("refused a {command} request from {peer} {names}: {error}", command=command.__name__,
+                          peer=self.peer_address, names=sorted(self.peer_certificate_names),
+                          error=failure.getErrorMessage())
+            return failure
         if failure.check(e.NotLeader):
             # AMP carries only a description: make it the leader's id.
             leader = failure.value.leader
@@ -411,6 +521,11 @@ class AMPTransport:
     :param initial_delay: seconds before the first reconnection attempt.
     :param max_delay: the longest wait between reconnection attempts.
     :param random: a ``random.Random`` for the reconnection jitter.
+    :param connection_limits: the
+        :class:`~txraft.transport.limits.ConnectionLimits` of the member port.
+
+    :ivar connection_guard: the port's
+        :class:`~txraft.transport.limits.ConnectionGuard` (its counts feed the metrics).
 
     :ivar address: the member id, ``host:port``; after :meth:`start` it has the
         port actually bound.
@@ -436,6 +551,7 @@ class AMPTransport:
         initial_delay=0.05,
         max_delay=2.0,
         random=None,
+        connection_limits=MEMBER_LIMITS,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -457,7 +573,8 @@ class AMPTransport:
             self._credentials = credentials
             self._tls_options = credentials.options()
         self._retry_policy = retry_policy(initial_delay, max_delay, random or _random_module.Random())
-        self._context = MemberContext(self._policy, max_message_bytes)
+        self._context = MemberContext(self._policy, max_message_bytes, reactor)
+        self.connection_guard = ConnectionGuard("member", connection_limits, reactor)
         self._port = None
         self._links: Dict[str, PeerLink] = {}
 
@@ -502,7 +619,8 @@ class AMPTransport:
         if self._context.stopping:
             return defer.fail(e.Stopped("this transport was stopped"))
         self._context.handler = handler
-        endpoint = server_endpoint(self.reactor, self.host, self._listen_port, self._credentials)
+        endpoint = server_endpoint(self.reactor, self.host, self._listen_port, self._credentials,
+                                   self.connection_guard)
 
         def listening(port):
             self._port = port

@@ -43,8 +43,10 @@ class Encoded:
 
 
 def _unpack(raw: bytes):
+    # Only a request id travels this way: an array of three, nothing nested deeper.
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_array_len=3, max_map_len=0,
+                               max_ext_len=0)
     except Exception as error:  # msgpack raises several unrelated types
         raise ValueError(f"not valid msgpack: {error}") from None
 
@@ -60,11 +62,14 @@ class Blob(amp.Argument):
 
     :param packed: carry a structured wire form as msgpack bytes instead of
         bytes as they are.
+    :param unpack: with ``packed``, the function reading those bytes back
+        (raising :class:`ValueError`), within limits of its own.
     """
 
-    def __init__(self, packed=False, optional=False):
+    def __init__(self, packed=False, optional=False, unpack=None):
         amp.Argument.__init__(self, optional)
         self.packed = packed
+        self.unpack = unpack
 
     def encode(self, value) -> bytes:
         """:returns: the bytes carried for the wire form ``value``."""
@@ -76,7 +81,7 @@ class Blob(amp.Argument):
 
     def decode(self, raw: bytes):
         """Inverse of :meth:`encode`.  :raises ValueError: for bytes that are not msgpack."""
-        return _unpack(raw) if self.packed else raw
+        return self.unpack(raw) if self.packed else raw
 
     def toString(self, value):
         if isinstance(value, BlobRef):
@@ -111,7 +116,7 @@ _ARGUMENTS = {
     codec.FLAG: amp.Boolean,
     codec.TEXTS: lambda: amp.ListOf(amp.Unicode()),
     codec.BYTES: Blob,
-    codec.ENTRIES: lambda: Blob(packed=True),
+    codec.ENTRIES: lambda: Blob(packed=True, unpack=codec.unpack_entries),
     codec.REQUEST_ID: Packed,
 }
 

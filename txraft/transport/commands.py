@@ -28,6 +28,7 @@ from txraft.transport.arguments import wire_arguments
 #: Exception type -> AMP error code, most specific first.  ``NotLeader`` travels
 #: with the leader's id as its description.
 ERRORS = {
+    e.CommandTooLarge: b"COMMAND_TOO_LARGE",
     e.InvalidRequest: b"INVALID_REQUEST",
     e.NotLeader: b"NOT_LEADER",
     e.Unauthorized: b"UNAUTHORIZED",

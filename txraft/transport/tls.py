@@ -51,15 +51,20 @@ from dataclasses import dataclass, field
 from typing import FrozenSet, Mapping, Optional, Tuple
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNSPattern
 from twisted.internet import endpoints, ssl
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from txraft import certs
 from txraft.errors import ConfigurationError, Unauthorized
+from txraft.transport.limits import GuardedFactory, mark_admitted
 
 __all__ = [
     "TLSCredentials",
@@ -148,6 +153,29 @@ class TLSCredentials:
             raise ConfigurationError("the private key (key) does not belong to the certificate (cert)")
         return cls(certificate, private_key, authorities)
 
+    def check_own_certificate(self):
+        """
+        Check that this member's certificate can work: it carries a name
+        (which peers' ACLs admit) and one of :attr:`authorities` signed it
+        (or peers, verifying it against the same CA, refuse every connection).
+
+        :raises ConfigurationError: naming what is wrong and the files to fix.
+        """
+        if not certificate_names(self.certificate):
+            raise ConfigurationError(
+                "the certificate (cert) carries no name (common name, DNS or URI subjectAltName): "
+                "no ACL can admit it; make it with `txraft certs`")
+        for authority in self.authorities:
+            try:
+                self.certificate.verify_directly_issued_by(authority)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return
+        raise ConfigurationError(
+            f"the certificate (cert) was issued by {self.certificate.issuer.rfc4514_string()!r}, which the CA "
+            f"(ca) did not sign: every peer would refuse this member; use the cluster's ca.pem, or certificates "
+            "it signed")
+
     def options(self) -> ssl.CertificateOptions:
         """
         :returns: TLS options for either end of a member connection: present
@@ -167,7 +195,24 @@ class TLSCredentials:
         )
 
 
-def server_endpoint(reactor, host, port, credentials=None):
+@implementer(IStreamServerEndpoint)
+class _GuardedEndpoint:
+    """TCP with a :class:`~txraft.transport.limits.ConnectionGuard` outermost, then TLS (if any), then the application."""
+
+    def __init__(self, tcp, options, guard):
+        self.tcp = tcp
+        self.options = options
+        self.guard = guard
+
+    def listen(self, factory):
+        if self.options is not None:
+            factory = TLSMemoryBIOFactory(self.options, False, factory)
+        if self.guard is not None:
+            factory = GuardedFactory(self.guard, factory)
+        return self.tcp.listen(factory)
+
+
+def server_endpoint(reactor, host, port, credentials=None, guard=None):
     """
     The endpoint a member or its HTTP API listens on.
 
@@ -176,13 +221,15 @@ def server_endpoint(reactor, host, port, credentials=None):
     :param int port: the port (0: the system picks one).
     :param credentials: the :class:`TLSCredentials` to require of clients, or
         ``None`` for plain TCP (insecure mode).
+    :param guard: a :class:`~txraft.transport.limits.ConnectionGuard` whose
+        limits every accepted connection is held to, before TLS; ``None``
+        for none.
     :returns: an ``IStreamServerEndpoint``: TLS that requires a client
         certificate from the cluster CA, or plain TCP.
     """
-    if credentials is None:
-        factory = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
-        return factory(reactor, port, interface=host)
-    return endpoints.SSL4ServerEndpoint(reactor, port, credentials.options(), interface=host)
+    factory = endpoints.TCP6ServerEndpoint if ":" in host else endpoints.TCP4ServerEndpoint
+    options = credentials.options() if credentials is not None else None
+    return _GuardedEndpoint(factory(reactor, port, interface=host), options, guard)
 
 
 @dataclass(frozen=True)
@@ -316,6 +363,7 @@ class ACLCheckedProtocolMixin:
             self.peer_refused(Unauthorized(f"peer {address} {sorted(decision.names)} refused: {decision.reason}"))
             return
         self.peer_certificate_names = decision.names
+        mark_admitted(self.transport)
         self._acl_log.debug(
             "{side}: admitted {role} {peer} {names}: {reason}",
             side=self.side,
