@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=["tests", "tests.*", "docs", "bench"]) + ["twisted.plugins"],
     # py.typed: type checkers read txraft's annotations (PEP 561).
-    package_data={"txraft": ["py.typed"]},
+    package_data={"txraft": ["py.typed", "ui/static/*"]},
     install_requires=[
         "twisted>=23.10",
         "pyopenssl>=23.2",

@@ -101,6 +101,9 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
         v1.putChild(b"kv", KeyValueResource(kv, max_command_size))
     else:
         v1.putChild(b"kv", _ErrorResource(404, "no key-value store on this member"))
+    from txraft.ui import install as install_cluster_page
+
+    install_cluster_page(root, raft, metrics)
     return root
 
 
