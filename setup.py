@@ -35,6 +35,8 @@ setup(
             "hypothesis>=6.80",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
+            "sphinx>=7.4",
+            "myst-parser>=3.0",
         ],
     },
     entry_points={"console_scripts": ["txraft = txraft.cli:main"]},

@@ -195,6 +195,7 @@ class RaftService(service.MultiService):
     # -- service ----------------------------------------------------------------
 
     def startService(self):
+        """Start the member and its HTTP API; :attr:`ready` fires once both are up."""
         super().startService()
         self.ready = defer.Deferred()
         self._starting = defer.Deferred.fromCoroutine(self._start())
