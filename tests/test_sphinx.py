@@ -6,6 +6,7 @@ fail), and every public name the API reference shows has a docstring.
 
 import importlib
 import inspect
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,18 @@ def test_the_site_builds_without_a_warning(tmp_path):
                  "txraft.testing.SimulatedCluster", "txraft.service.RaftService"):
         assert f'id="{name}"' in api, f"{name} is missing from the API reference"
     assert (tmp_path / "html" / "http-api.html").exists()
+
+
+def test_a_broken_cross_reference_fails_the_build(tmp_path):
+    """The site is nitpicky: a reference to a txraft name that does not exist is an error."""
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs, ignore=shutil.ignore_patterns("_build"))
+    with open(docs / "api.rst", "a") as f:
+        f.write("\nSee :class:`txraft.NoSuchThing`.\n")
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(docs), str(tmp_path / "html")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "txraft.NoSuchThing" in done.stderr
 
 
 def public_objects():
