@@ -213,6 +213,7 @@ def test_backup_and_restore(tmp_path, threshold, writes, snapshots):
 #: What each program of docs/examples prints when it worked, as docs/embedding.md says.
 EXAMPLES_SAY = {
     "counter.py": "every member counted 10",
+    "chaos_counters.py": "\"linearizable\": true",
 }
 
 

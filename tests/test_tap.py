@@ -267,8 +267,9 @@ def test_bad_values(tmp_path, args, expected):
 
 def test_the_http_api_needs_the_key_value_store(tmp_path):
     message = refused("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"), "--http", "127.0.0.1:0")
-    assert message == ("--http serves the key-value API, but --app txraft.testing:RecordingClient "
-                       "is not a txraft.kv.KeyValueStore")
+    assert message == ("--http serves the key-value API or the application's own (its http_resource(raft) "
+                       "method), but --app txraft.testing:RecordingClient is not a txraft.kv.KeyValueStore "
+                       "and has no http_resource")
 
 
 def test_https_needs_a_client_acl(tmp_path, pki):

@@ -119,6 +119,16 @@ class Client:
             return self.server
         return f"{self.server}/v1/kv/{quote(key, safe='')}"
 
+    def request(self, method, url, data=None, params=None):
+        """
+        Any request to the member, for APIs beyond the key-value store (an
+        application's own under ``/v1/app/``).
+
+        :returns: a Deferred firing with ``(status code, body bytes)``, or
+            failing with :class:`ClientError` when no answer came.
+        """
+        return defer.ensureDeferred(self._request(method, url, data, params))
+
     async def _request(self, method, url, data=None, params=None):
         # One deadline for the whole exchange, body included: treq's own
         # timeout stops at the response headers.

@@ -289,9 +289,10 @@ class Options(usage.Options):
                     "admitted); or run with --insecure")
             from txraft.kv import KeyValueStore
 
-            if not issubclass(app_class, KeyValueStore):
+            if not issubclass(app_class, KeyValueStore) and not callable(getattr(app_class, "http_resource", None)):
                 raise ConfigurationError(
-                    f"--http serves the key-value API, but --app {self['app']} is not a txraft.kv.KeyValueStore")
+                    f"--http serves the key-value API or the application's own (its http_resource(raft) "
+                    f"method), but --app {self['app']} is not a txraft.kv.KeyValueStore and has no http_resource")
             self["http_address"] = (http_host, http_port)
 
         _check_bindable("listen", host, port)
