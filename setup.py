@@ -15,6 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(exclude=["tests", "tests.*", "docs", "bench"]) + ["twisted.plugins"],
+    # py.typed: type checkers read txraft's annotations (PEP 561).
+    package_data={"txraft": ["py.typed", "ui/static/*"]},
     install_requires=[
         "twisted>=23.10",
         "pyopenssl>=23.2",
@@ -31,6 +33,10 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "sphinx>=7.4",
+            "myst-parser>=3.0",
         ],
     },
     entry_points={"console_scripts": ["txraft = txraft.cli:main"]},

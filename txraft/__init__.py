@@ -13,6 +13,8 @@ store and the deterministic simulator in :mod:`txraft.testing`.
 
 __version__ = "0.1.0"
 
+from typing import Any
+
 from txraft import errors
 from txraft.client import RaftClient
 from txraft.config import RaftConfig
@@ -22,7 +24,7 @@ from txraft.member import Raft
 __all__ = ["Raft", "RaftClient", "RaftConfig", "RaftService", "Status", "errors", "__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # RaftService pulls in twisted.web, TLS and the key-value app; import it
     # only when asked for, so that `import txraft` stays light.
     if name == "RaftService":

@@ -10,6 +10,7 @@ The ``txraft`` command line.
     txraft cas colour red --expect blue
     txraft delete colour
     txraft status
+    txraft check perf --server https://10.0.0.1:8001 --connections 8 --duration 10
     txraft demo                        # a 3-member cluster of real processes, start to finish
 
 The connection options may also come from the environment: ``TXRAFT_SERVER``,
@@ -89,6 +90,31 @@ def _parser():
 
     status = sub.add_parser("status", help="show a member's view of the cluster")
     connection(status)
+
+    check = sub.add_parser("check", help="check a running cluster")
+    check_sub = check.add_subparsers(dest="check", metavar="CHECK")
+    check_sub.required = True
+    perf = check_sub.add_parser(
+        "perf", help="write to the named cluster for a while; report throughput, latency and errors",
+        description="Load the cluster behind --server with writes (keys under txraft-check-perf/, deleted "
+                    "afterwards), then print throughput, latency percentiles and errors, and a verdict. "
+                    "Exit status 0 for PASS, 1 for FAIL.")
+    perf.add_argument("--connections", type=int, default=8, help="concurrent writers, one connection each "
+                      "(default %(default)s)")
+    perf.add_argument("--duration", type=float, default=10.0, metavar="SECONDS",
+                      help="how long to write (default %(default)s)")
+    perf.add_argument("--value-size", type=int, default=256, metavar="BYTES",
+                      help="bytes per value (default %(default)s)")
+    perf.add_argument("--min-throughput", type=float, default=100.0, metavar="WRITES_PER_S",
+                      help="pass only with at least this many writes/s (default %(default)s)")
+    perf.add_argument("--max-p99", type=float, default=500.0, metavar="MS",
+                      help="pass only with a p99 latency of at most this many ms (default %(default)s)")
+    perf.add_argument("--max-error-rate", type=float, default=0.0, metavar="PERCENT",
+                      help="pass only with at most this %% of writes failed (default %(default)s)")
+    perf.add_argument("--no-progress", action="store_true", help="do not draw the progress bar on stderr")
+    connection(perf)
+    # Load only ever goes to a cluster the user names: no default server.
+    perf.set_defaults(server=os.environ.get("TXRAFT_SERVER"))
 
     demo = sub.add_parser("demo", help="run a 3-member cluster of twistd processes and show failover")
     demo.add_argument("--timeout", type=float, default=180.0, help="overall limit in seconds (default %(default)s)")
@@ -186,6 +212,15 @@ async def _main(reactor, argv):
     try:
         if args.command == "certs":
             _run_certs(args)
+        elif args.command == "check":
+            from txraft.perf import check_perf
+
+            try:
+                passed = await check_perf(args, reactor)
+            except ValueError as e:
+                raise _Failed(str(e), 2)
+            if not passed:
+                raise SystemExit(1)
         elif args.command == "demo":
             from txraft.demo import run_demo
 

@@ -20,6 +20,11 @@ survive a restart, :meth:`~RaftClient.save_snapshot` and
             self.total = int(fileobj.read() or b"0")
 """
 
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Optional
+
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txraft.interfaces import IRaftClient
@@ -35,16 +40,16 @@ class RaftClient:
     snapshots are empty, and ``leader_changed`` does nothing.
     """
 
-    def apply(self, command, index):
+    def apply(self, command: bytes, index: int) -> Any:
         """Apply ``command`` (bytes) committed at ``index``; return its result."""
         raise NotImplementedError(f"{type(self).__name__} must override apply()")
 
-    def save_snapshot(self, fileobj):
+    def save_snapshot(self, fileobj: BinaryIO) -> Optional[Deferred[Any]]:
         """Write the whole state to ``fileobj``; may return a Deferred."""
         return None
 
-    def restore_snapshot(self, index, fileobj):
+    def restore_snapshot(self, index: int, fileobj: BinaryIO) -> Optional[Deferred[Any]]:
         """Replace the whole state with the snapshot read from ``fileobj``."""
 
-    def leader_changed(self, me, leader):
+    def leader_changed(self, me: str, leader: str) -> None:
         """This member (``me``) now believes ``leader`` leads (``""``: unknown)."""

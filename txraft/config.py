@@ -10,14 +10,14 @@ one ``heartbeat`` starts an election.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from txraft.errors import ConfigurationError
 
 FSYNC_POLICIES = ("always", "never")
 
 
-def parse_host_port(value, what="address"):
+def parse_host_port(value: object, what: str = "address") -> Tuple[str, int]:
     """
     Split ``"host:port"`` (``"[::1]:port"`` for IPv6).
 
@@ -90,9 +90,9 @@ class RaftConfig:
     ca: Optional[str] = None
     acl: Tuple[str, ...] = ()
     insecure: bool = False
-    peer_names: dict = field(default_factory=dict)
+    peer_names: Dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     @property
@@ -102,7 +102,7 @@ class RaftConfig:
             return 2 * self.heartbeat
         return self.election_timeout
 
-    def validate(self):
+    def validate(self) -> None:
         """:raises ConfigurationError: naming the first bad setting."""
         parse_host_port(self.listen, "listen")
         for name in ("heartbeat", "request_timeout", "rpc_timeout"):

@@ -9,6 +9,10 @@ exceptions, raised from :meth:`txraft.RaftClient.apply`, reach the caller of
 confused, in the manner of hashicorp/raft's ``Error()``/``Response()`` split.
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
 
 class RaftError(Exception):
     """Base class of every txraft error."""
@@ -21,7 +25,7 @@ class NotLeader(RaftError):
     :ivar leader: the member id of the leader this member knows of, or ``""``.
     """
 
-    def __init__(self, leader="", message=None):
+    def __init__(self, leader: str = "", message: Optional[str] = None) -> None:
         self.leader = leader or ""
         if message is None:
             message = "not the leader" + (
@@ -51,7 +55,7 @@ class ApplyError(RaftError):
     :ivar cause: the exception ``apply()`` raised.
     """
 
-    def __init__(self, index, cause):
+    def __init__(self, index: int, cause: BaseException) -> None:
         self.index = index
         self.cause = cause
         super().__init__(f"apply() of the entry at index {index} raised {cause!r}")

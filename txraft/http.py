@@ -107,6 +107,9 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
     if callable(app_resource):
         # The application's own API, behind the same TLS and client ACL.
         v1.putChild(b"app", app_resource(raft))
+    from txraft.ui import install as install_cluster_page
+
+    install_cluster_page(root, raft, metrics)
     return root
 
 

@@ -71,11 +71,12 @@ class Client:
         :meth:`close` when done); by default every request has its own.
     :param credentials: :class:`~txraft.transport.tls.TLSCredentials`
         already loaded, instead of ``cert``, ``key`` and ``ca``.
+    :param connections: how many idle connections ``persistent`` keeps.
     :raises ValueError: for a URL whose scheme does not fit the options.
     """
 
     def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None,
-                 persistent=False, credentials=None):
+                 persistent=False, credentials=None, connections=64):
         import treq.client
         from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -104,7 +105,7 @@ class Client:
             policy = _ClusterCAPolicy(credentials.options())
         # Without persistent connections nothing stays open after a request.
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
-        self._pool.maxPersistentPerHost = 64
+        self._pool.maxPersistentPerHost = connections
         agent = Agent(reactor, contextFactory=policy, pool=self._pool, connectTimeout=timeout) \
             if policy is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
         self._http = treq.client.HTTPClient(agent)

@@ -8,7 +8,14 @@ Each interface has an in-memory implementation (used by the simulator in
 :mod:`txraft.testing`) and a real one (the disk store, AMP over TLS).
 """
 
+from __future__ import annotations
+
+from typing import Any, BinaryIO, List, Optional, Sequence
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from txraft.messages import Entry, HardState, SnapshotMeta
 
 
 class IRaftClient(Interface):
@@ -19,7 +26,7 @@ class IRaftClient(Interface):
     All methods run on the reactor thread.
     """
 
-    def apply(command, index):
+    def apply(command: bytes, index: int) -> Any:
         """
         Apply a committed command.
 
@@ -36,7 +43,7 @@ class IRaftClient(Interface):
             counts as applied.
         """
 
-    def save_snapshot(fileobj):
+    def save_snapshot(fileobj: BinaryIO) -> Optional[Deferred[Any]]:
         """
         Write the application's whole state to ``fileobj``.
 
@@ -49,7 +56,7 @@ class IRaftClient(Interface):
             discards the snapshot.
         """
 
-    def restore_snapshot(index, fileobj):
+    def restore_snapshot(index: int, fileobj: BinaryIO) -> Optional[Deferred[Any]]:
         """
         Replace the application's state with the snapshot in ``fileobj``.
 
@@ -58,7 +65,7 @@ class IRaftClient(Interface):
             first byte the application wrote.
         """
 
-    def leader_changed(me, leader):
+    def leader_changed(me: str, leader: str) -> None:
         """
         This member learnt of a new leader.
 
@@ -79,7 +86,7 @@ class IRaftObserver(Interface):
     and does not reach the core.
     """
 
-    def applied(entry, outcome):
+    def applied(entry: Entry, outcome: Any) -> None:
         """
         A command entry was applied.
 
@@ -90,14 +97,14 @@ class IRaftObserver(Interface):
             the command as one applied before (and did not apply it again).
         """
 
-    def applied_through(index):
+    def applied_through(index: int) -> None:
         """
         A batch of entries was applied; the member has applied up to ``index``.
 
         :param int index: the new applied index.
         """
 
-    def leader_changed(leader, term):
+    def leader_changed(leader: str, term: int) -> None:
         """
         The leader this member knows of changed.
 
@@ -105,7 +112,7 @@ class IRaftObserver(Interface):
         :param int term: this member's term at the change.
         """
 
-    def restored(meta):
+    def restored(meta: SnapshotMeta) -> None:
         """
         The application was restored from a snapshot (at start, or one the
         leader sent).
@@ -113,7 +120,7 @@ class IRaftObserver(Interface):
         :param meta: the snapshot's :class:`txraft.messages.SnapshotMeta`.
         """
 
-    def snapshot_taken(meta):
+    def snapshot_taken(meta: SnapshotMeta) -> None:
         """
         A snapshot of this member's own state is durable.
 
@@ -127,7 +134,7 @@ class ISnapshotWriter(Interface):
     meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
     fileobj = Attribute("A binary file open for writing.")
 
-    def commit():
+    def commit() -> Deferred[Any]:
         """
         Make the snapshot durable and current, then reset the log to begin after
         ``meta.index``.  Entries after ``meta.index`` are kept when the log holds
@@ -137,7 +144,7 @@ class ISnapshotWriter(Interface):
         :returns: a Deferred that fires once all of that is durable.
         """
 
-    def abort():
+    def abort() -> None:
         """Discard the snapshot; the previous one stays current."""
 
 
@@ -147,13 +154,13 @@ class ISnapshotSource(Interface):
     meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
     size = Attribute("Length of the snapshot in bytes.")
 
-    def read(offset, length):
+    def read(offset: int, length: int) -> bytes:
         """:returns: up to ``length`` bytes from ``offset`` (``b""`` past the end)."""
 
-    def open():
+    def open() -> BinaryIO:
         """:returns: a new binary file object positioned at the start."""
 
-    def close():
+    def close() -> None:
         """Release the snapshot."""
 
 
@@ -177,7 +184,7 @@ class IStorage(Interface):
     first_index = Attribute("Index of the first entry still stored.")
     last_index = Attribute("Index of the last entry stored (the snapshot's index if the log is empty).")
 
-    def open():
+    def open() -> Deferred[Any]:
         """
         Make the storage ready: recover what it holds (or create it empty).
         Call it once, before any other method; an implementation with nothing
@@ -194,24 +201,24 @@ class IStorage(Interface):
             when the storage was already opened or cannot be recovered.
         """
 
-    def term_at(index):
+    def term_at(index: int) -> Optional[int]:
         """
         :returns: the term of the entry at ``index``; the snapshot's term when
             ``index`` is the snapshot's index; 0 for index 0; ``None`` when the
             entry is compacted away or beyond the end.
         """
 
-    def entries(low, high, max_bytes=None):
+    def entries(low: int, high: int, max_bytes: Optional[int] = None) -> List[Entry]:
         """
         :returns: the list of entries with ``low <= index < high``, stopping
             before ``max_bytes`` is passed (at least one entry is returned).
         :raises IndexError: when ``low`` is below ``first_index``.
         """
 
-    def save_hard_state(state):
+    def save_hard_state(state: HardState) -> Deferred[Any]:
         """:returns: a Deferred that fires when ``state`` is durable."""
 
-    def append(entries):
+    def append(entries: Sequence[Entry]) -> Deferred[Any]:
         """
         Write ``entries`` (consecutive, non-empty), replacing any stored entry
         at or after ``entries[0].index``.  ``entries[0].index`` must be at most
@@ -220,16 +227,16 @@ class IStorage(Interface):
         :returns: a Deferred that fires when the entries are durable.
         """
 
-    def durable():
+    def durable() -> Deferred[Any]:
         """:returns: a Deferred that fires when every write issued so far is durable."""
 
-    def snapshot_writer(meta):
+    def snapshot_writer(meta: SnapshotMeta) -> Any:
         """:returns: an :class:`ISnapshotWriter` for a new snapshot covering ``meta``."""
 
-    def open_snapshot():
+    def open_snapshot() -> Any:
         """:returns: an :class:`ISnapshotSource` for the latest snapshot, or ``None``."""
 
-    def close():
+    def close() -> Deferred[Any]:
         """
         Flush and release everything.  Closing twice is harmless.  After
         ``close()`` every write (:meth:`save_hard_state`, :meth:`append`,
@@ -242,7 +249,7 @@ class IStorage(Interface):
 class IRPCHandler(Interface):
     """What a transport delivers incoming member RPCs to (the Raft core)."""
 
-    def receive(message):
+    def receive(message: Any) -> Deferred[Any]:
         """
         Handle one request from :mod:`txraft.messages`.
 
@@ -255,7 +262,7 @@ class IRPCHandler(Interface):
 class ITransport(Interface):
     """Carries member RPCs between members."""
 
-    def start(handler):
+    def start(handler: Any) -> Deferred[Any]:
         """
         Begin accepting requests and deliver them to ``handler``
         (an :class:`IRPCHandler`).
@@ -266,7 +273,7 @@ class ITransport(Interface):
             the transport stands.
         """
 
-    def send(peer, message):
+    def send(peer: str, message: Any) -> Deferred[Any]:
         """
         Send ``message`` to the member whose id is ``peer``.
 
@@ -276,5 +283,5 @@ class ITransport(Interface):
             the call.
         """
 
-    def stop():
+    def stop() -> Deferred[Any]:
         """Close every connection and stop listening.  :returns: a Deferred."""

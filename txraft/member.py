@@ -109,6 +109,7 @@ class Raft:
 
     @property
     def members(self):
+        """Every member's id, sorted."""
         return tuple(sorted(self._members))
 
     @defer.inlineCallbacks

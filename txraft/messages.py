@@ -50,10 +50,10 @@ class Role(str, enum.Enum):
     #: Stopped or crashed: the member answers nothing.
     STOPPED = "stopped"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
-    def __format__(self, spec):
+    def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
 

@@ -220,6 +220,7 @@ class RaftService(service.MultiService):
     # -- service ----------------------------------------------------------------
 
     def startService(self):
+        """Start the member and its HTTP API; :attr:`ready` fires once both are up."""
         super().startService()
         for warning in self.warnings:
             self.log.warn("{warning}", warning=warning)

@@ -12,29 +12,32 @@ that care about a few events.
 
 from __future__ import annotations
 
+from typing import Any, List
+
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from txraft.interfaces import IRaftObserver
+from txraft.messages import Entry, SnapshotMeta
 
 
 @implementer(IRaftObserver)
 class RaftObserver:
     """An :class:`~txraft.interfaces.IRaftObserver` that ignores every event; subclass it."""
 
-    def applied(self, entry, outcome):
+    def applied(self, entry: Entry, outcome: Any) -> None:
         pass
 
-    def applied_through(self, index):
+    def applied_through(self, index: int) -> None:
         pass
 
-    def leader_changed(self, leader, term):
+    def leader_changed(self, leader: str, term: int) -> None:
         pass
 
-    def restored(self, meta):
+    def restored(self, meta: SnapshotMeta) -> None:
         pass
 
-    def snapshot_taken(self, meta):
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
         pass
 
 
@@ -46,11 +49,11 @@ class ClientObserver(RaftObserver):
     :param client: the :class:`~txraft.interfaces.IRaftClient`.
     """
 
-    def __init__(self, me, client):
+    def __init__(self, me: str, client: Any) -> None:
         self.me = me
         self.client = client
 
-    def leader_changed(self, leader, term):
+    def leader_changed(self, leader: str, term: int) -> None:
         self.client.leader_changed(self.me, leader)
 
 
@@ -66,23 +69,23 @@ class Observers:
 
     log = Logger()
 
-    def __init__(self):
-        self._observers = []
+    def __init__(self) -> None:
+        self._observers: List[Any] = []
         self._rebuild()
 
-    def add(self, observer):
+    def add(self, observer: Any) -> None:
         """Register an :class:`~txraft.interfaces.IRaftObserver` (once)."""
         if observer not in self._observers:
             self._observers.append(observer)
             self._rebuild()
 
-    def remove(self, observer):
+    def remove(self, observer: Any) -> None:
         """Stop notifying ``observer``; unknown observers are ignored."""
         if observer in self._observers:
             self._observers.remove(observer)
             self._rebuild()
 
-    def _rebuild(self):
+    def _rebuild(self) -> None:
         # Bound methods per event, leaving out RaftObserver's do-nothing ones:
         # applied() runs once per entry, so the core should not pay for
         # observers that ignore it.  A new list each time, so notifying never
@@ -93,24 +96,24 @@ class Observers:
             for event in _EVENTS
         }
 
-    def _each(self, event, *args):
+    def _each(self, event: str, *args: Any) -> None:
         for method in self._methods[event]:
             try:
                 method(*args)
             except Exception:
                 self.log.failure("{method!r} raised", method=method)
 
-    def applied(self, entry, outcome):
+    def applied(self, entry: Entry, outcome: Any) -> None:
         self._each("applied", entry, outcome)
 
-    def applied_through(self, index):
+    def applied_through(self, index: int) -> None:
         self._each("applied_through", index)
 
-    def leader_changed(self, leader, term):
+    def leader_changed(self, leader: str, term: int) -> None:
         self._each("leader_changed", leader, term)
 
-    def restored(self, meta):
+    def restored(self, meta: SnapshotMeta) -> None:
         self._each("restored", meta)
 
-    def snapshot_taken(self, meta):
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
         self._each("snapshot_taken", meta)

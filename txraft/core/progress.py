@@ -18,7 +18,7 @@ class Progress:
         "snapshot", "snapshot_offset", "snapshot_request", "last_reply", "acked_round",
     )
 
-    def __init__(self, peer, next_index, now):
+    def __init__(self, peer: str, next_index: int, now: float) -> None:
         self.peer = peer
         self.next_index = next_index
         self.match_index = 0
@@ -34,7 +34,7 @@ class Progress:
         #: Highest heartbeat round this follower answered (ReadIndex).
         self.acked_round = 0
 
-    def close_snapshot(self):
+    def close_snapshot(self) -> None:
         """Stop sending a snapshot: close its source and forget the chunk in flight."""
         if self.snapshot is not None:
             self.snapshot.close()

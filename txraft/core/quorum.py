@@ -1,7 +1,9 @@
 """Majorities, the arithmetic every Raft decision rests on."""
 
+from typing import Iterable
 
-def majority(size):
+
+def majority(size: int) -> int:
     """
     The number of members that forms a quorum: a strict majority.
 
@@ -14,7 +16,7 @@ def majority(size):
     return size // 2 + 1
 
 
-def quorum_index(match_indexes):
+def quorum_index(match_indexes: Iterable[int]) -> int:
     """
     :returns: the highest index stored on a majority, given each member's
         highest stored index (Raft paper section 5.3/5.4: the candidate

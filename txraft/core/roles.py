@@ -17,6 +17,9 @@ than spelled as ``if role == ...`` in the core.
 
 from __future__ import annotations
 
+from typing import Any, Dict, Optional, Tuple
+
+from txraft.core.progress import Progress
 from txraft.core.waiters import Waiters
 from txraft.messages import Role
 
@@ -29,7 +32,7 @@ class PreVote:
 
     __slots__ = ("term", "granted")
 
-    def __init__(self, term, me):
+    def __init__(self, term: int, me: str) -> None:
         self.term = term
         self.granted = {me}
 
@@ -40,17 +43,17 @@ class _RoleState:
     __slots__ = ()
 
     #: The :class:`~txraft.messages.Role` this object stands for.
-    role = None
+    role: Optional[Role] = None
     #: Whether an election timeout starts a (pre-)election in this role.
     campaigns = False
     #: Clock time a valid leader was last heard from (followers only).
-    leader_contact = None
+    leader_contact: Optional[float] = None
 
-    def heard_from_leader_within(self, now, window):
+    def heard_from_leader_within(self, now: float, window: float) -> bool:
         """:returns: whether a live leader spoke within ``window`` seconds (leader stickiness)."""
         return False
 
-    def leave(self, error):
+    def leave(self, error: BaseException) -> None:
         """
         Release what the role holds (timers, snapshot sources, waiting reads).
 
@@ -71,11 +74,11 @@ class Follower(_RoleState):
     role = Role.FOLLOWER
     campaigns = True
 
-    def __init__(self, leader_contact=None):
+    def __init__(self, leader_contact: Optional[float] = None) -> None:
         self.leader_contact = leader_contact
         self.pre_vote = None
 
-    def heard_from_leader_within(self, now, window):
+    def heard_from_leader_within(self, now: float, window: float) -> bool:
         return self.leader_contact is not None and now - self.leader_contact < window
 
 
@@ -91,7 +94,7 @@ class Candidate(_RoleState):
     role = Role.CANDIDATE
     campaigns = True
 
-    def __init__(self, term, me):
+    def __init__(self, term: int, me: str) -> None:
         self.term = term
         self.votes = {me}
         self.pre_vote = None
@@ -122,7 +125,7 @@ class Leader(_RoleState):
                  "round", "sent_rounds", "reads", "read_call")
     role = Role.LEADER
 
-    def __init__(self, term, progress):
+    def __init__(self, term: int, progress: Dict[str, Progress]) -> None:
         self.term = term
         self.progress = progress
         self.own_durable = 0
@@ -130,14 +133,14 @@ class Leader(_RoleState):
         self.broadcast_call = None
         self.commit_news = False
         self.round = 0
-        self.sent_rounds = {}
+        self.sent_rounds: Dict[int, Tuple[Any, int]] = {}
         self.reads = Waiters()
         self.read_call = None
 
-    def heard_from_leader_within(self, now, window):
+    def heard_from_leader_within(self, now: float, window: float) -> bool:
         return True
 
-    def leave(self, error):
+    def leave(self, error: BaseException) -> None:
         if self.heartbeat is not None and self.heartbeat.running:
             self.heartbeat.stop()
         for call in (self.broadcast_call, self.read_call):

@@ -10,14 +10,18 @@ snapshots so that the decision survives log compaction.
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Set
+
+from txraft.messages import RequestId
+
 
 class _Session:
     __slots__ = ("floor", "seen", "last_index")
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Every seq <= floor counts as seen; seen holds the ones above it.
         self.floor = 0
-        self.seen = set()
+        self.seen: Set[int] = set()
         self.last_index = 0
 
 
@@ -32,11 +36,11 @@ class SessionTable:
         index, which every member agrees on) is forgotten beyond this.
     """
 
-    def __init__(self, max_sessions=10000):
-        self._sessions = {}
+    def __init__(self, max_sessions: int = 10000) -> None:
+        self._sessions: Dict[str, _Session] = {}
         self._max_sessions = max_sessions
 
-    def admit(self, request_id, index):
+    def admit(self, request_id: RequestId, index: int) -> bool:
         """
         Record that the entry at ``index`` carrying ``request_id`` is applied.
 
@@ -59,21 +63,21 @@ class SessionTable:
         session.seen.add(request_id.seq)
         return True
 
-    def applied(self, request_id):
+    def applied(self, request_id: RequestId) -> bool:
         """:returns: whether ``request_id`` counts as applied (or abandoned)."""
         session = self._sessions.get(request_id.session)
         return session is not None and (request_id.seq <= session.floor or request_id.seq in session.seen)
 
-    def _evict(self):
+    def _evict(self) -> None:
         oldest = min(self._sessions, key=lambda key: (self._sessions[key].last_index, key))
         del self._sessions[oldest]
 
-    def to_wire(self):
+    def to_wire(self) -> List[List[Any]]:
         """:returns: a msgpack-ready representation."""
         return [[key, s.floor, sorted(s.seen), s.last_index] for key, s in sorted(self._sessions.items())]
 
     @classmethod
-    def from_wire(cls, raw, max_sessions=10000):
+    def from_wire(cls, raw: Any, max_sessions: int = 10000) -> SessionTable:
         """Inverse of :meth:`to_wire`. :raises ValueError: when malformed."""
         table = cls(max_sessions)
         if not isinstance(raw, list):
@@ -87,5 +91,5 @@ class SessionTable:
             table._sessions[str(key)] = session
         return table
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._sessions)

@@ -6,11 +6,13 @@ compaction) and the member list.  The encoding is :mod:`txraft.codec`'s
 the core's session table to and from it.
 """
 
+from typing import BinaryIO, List, Sequence, Tuple
+
 from txraft import codec
 from txraft.core.sessions import SessionTable
 
 
-def write_header(fileobj, sessions, members):
+def write_header(fileobj: BinaryIO, sessions: SessionTable, members: Sequence[str]) -> None:
     """
     Write the header for ``sessions`` (a :class:`SessionTable`) and the member
     ids ``members`` to the binary file ``fileobj``.
@@ -18,12 +20,12 @@ def write_header(fileobj, sessions, members):
     fileobj.write(codec.encode_snapshot_header(sessions.to_wire(), members))
 
 
-def read_header(fileobj):
+def read_header(fileobj: BinaryIO) -> Tuple[SessionTable, List[str]]:
     """
     Read the header and leave ``fileobj`` at the application's first byte.
 
     :returns: ``(SessionTable, members)``.
     :raises ValueError: when the snapshot does not start with a txraft header.
     """
-    sessions, members = codec.decode_snapshot_header(fileobj)
+    sessions, members = codec.decode_snapshot_header(fileobj)  # type: ignore[no-untyped-call]
     return SessionTable.from_wire(sessions), members

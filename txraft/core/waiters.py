@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, List, Tuple
+
 from twisted.internet import defer
 
 
@@ -14,19 +16,19 @@ class Waiters:
 
     __slots__ = ("_waiting",)
 
-    def __init__(self):
-        self._waiting = []  # [(mark, Deferred)]
+    def __init__(self) -> None:
+        self._waiting: List[Tuple[int, defer.Deferred[Any]]] = []
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._waiting)
 
-    def wait(self, mark):
+    def wait(self, mark: int) -> defer.Deferred[Any]:
         """:returns: a Deferred fired by :meth:`release_through` once ``mark`` is reached."""
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         self._waiting.append((mark, d))
         return d
 
-    def release_through(self, reached, value):
+    def release_through(self, reached: int, value: Any) -> None:
         """Fire every Deferred whose mark is at most ``reached`` with ``value``."""
         if not self._waiting:
             return
@@ -35,7 +37,7 @@ class Waiters:
         for _, d in ready:
             d.callback(value)
 
-    def fail(self, error):
+    def fail(self, error: BaseException) -> None:
         """Fail every waiting Deferred with ``error``."""
         waiting, self._waiting = self._waiting, []
         for _, d in waiting:

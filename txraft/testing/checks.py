@@ -46,6 +46,7 @@ class SafetyChecker:
         self.acknowledged[command] = index
 
     def check(self, cluster):
+        """Check every property on ``cluster``'s running members; :raises SafetyViolation: for the first broken."""
         changed = False
         for member_id in cluster.running():
             core = cluster.members[member_id].core

@@ -54,6 +54,7 @@ class RecordingClient(RaftClient):
         self.restores = 0
 
     def apply(self, command, index):
+        """Record ``command`` at ``index``; :raises AssertionError: when applied out of order."""
         if index <= self.last_index:
             raise AssertionError(f"apply() at {index} after {self.last_index}: out of order")
         self.applied[index] = command
@@ -61,10 +62,12 @@ class RecordingClient(RaftClient):
         return index
 
     def save_snapshot(self, fileobj):
+        """Write every applied command to ``fileobj`` as JSON."""
         record = {str(i): c.decode("latin-1") for i, c in self.applied.items()}
         fileobj.write(json.dumps({"last": self.last_index, "applied": record}).encode())
 
     def restore_snapshot(self, index, fileobj):
+        """Replace the record with the one :meth:`save_snapshot` wrote."""
         data = json.load(io.TextIOWrapper(fileobj, encoding="utf-8"))
         self.applied = {int(i): c.encode("latin-1") for i, c in data["applied"].items()}
         if data["last"] > index:
@@ -136,6 +139,7 @@ class SimulatedCluster:
     # -- building ------------------------------------------------------------
 
     def config(self, member_id):
+        """:returns: the :class:`~txraft.RaftConfig` the cluster gives ``member_id``."""
         return RaftConfig(
             listen=member_id, heartbeat=self.heartbeat, snapshot_threshold=self.snapshot_threshold,
             rpc_timeout=max(4 * self.heartbeat, 0.1), request_timeout=self.request_timeout,
@@ -215,10 +219,12 @@ class SimulatedCluster:
         return self._launch(member_id)
 
     def partition(self, *groups):
+        """Split the network into ``groups`` of member ids that reach only each other."""
         self.note(f"partition {groups}")
         self.network.partition(*groups)
 
     def heal(self):
+        """Undo every partition and cut."""
         self.note("heal")
         self.network.heal()
 
@@ -305,6 +311,7 @@ class SimulatedCluster:
                    and self.members[i].core.storage.last_index == target for i in running)
 
     def check(self):
+        """Check the safety properties now (with the cluster's :class:`SafetyChecker`, if any)."""
         if self.checker is not None:
             self.checker.check(self)
 

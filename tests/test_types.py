@@ -1,0 +1,61 @@
+"""
+Type information: mypy runs clean over the package with ``mypy.ini`` (the
+public API and the core's value modules as strictly as ``--strict``), and
+``py.typed`` ships so that applications' type checkers use it.
+"""
+
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STRICT_FLAGS = {"disallow_untyped_defs", "disallow_incomplete_defs", "disallow_untyped_calls",
+                "check_untyped_defs", "disallow_any_generics", "warn_return_any", "disallow_subclassing_any"}
+PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "txraft.client",
+              "txraft.interfaces"}
+
+
+def strict_modules():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "mypy.ini")
+    strict = set()
+    for section in config.sections():
+        if section.startswith("mypy-") and STRICT_FLAGS <= {k for k, v in config[section].items() if v == "True"}:
+            strict.update(name.strip() for name in section[len("mypy-"):].split(","))
+    return strict
+
+
+def test_mypy_finds_no_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "mypy.ini"),
+                           "--cache-dir", str(tmp_path / "cache")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("Success: no issues found")
+
+
+def test_the_public_api_is_checked_strictly():
+    assert PUBLIC_API <= strict_modules()
+
+
+def test_the_strict_check_bites(tmp_path):
+    """The per-module strict flags reject an unannotated function."""
+    package = tmp_path / "txraft"
+    package.mkdir()
+    (package / "__init__.py").write_text("def untyped(x):\n    return x\n")
+    config = (ROOT / "mypy.ini").read_text().replace("files = txraft", f"files = {package}")
+    (tmp_path / "mypy.ini").write_text(config)
+    done = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"),
+                           "--cache-dir", str(tmp_path / "cache"), "--no-warn-unused-configs"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "Function is missing a type annotation" in done.stdout
+
+
+def test_py_typed_ships_with_the_package(tmp_path):
+    assert (ROOT / "txraft" / "py.typed").is_file()
+    done = subprocess.run([sys.executable, "setup.py", "--quiet", "egg_info", "--egg-base", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    sources = (tmp_path / "txraft.egg-info" / "SOURCES.txt").read_text().split()
+    assert "txraft/py.typed" in sources
