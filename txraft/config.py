@@ -60,6 +60,12 @@ class RaftConfig:
     :ivar max_batch_bytes: byte budget of one AppendEntries batch.
     :ivar max_inflight: AppendEntries requests in flight per follower.
     :ivar snapshot_chunk: bytes per InstallSnapshot chunk.
+    :ivar max_uncommitted_entries: commands a leader holds placed but not yet
+        committed; beyond it ``append()`` (local or forwarded) fails at once
+        with :class:`txraft.errors.Busy` (backpressure, like etcd's
+        ``MaxUncommittedEntriesSize``).
+    :ivar max_uncommitted_bytes: the same bound in bytes of commands; one
+        command is always admitted when nothing is uncommitted.
     :ivar fsync: ``"always"`` (durable before replying) or ``"never"``.
     :ivar cert: path of this member's PEM certificate.
     :ivar key: path of this member's PEM private key.
@@ -80,6 +86,8 @@ class RaftConfig:
     max_batch_bytes: int = 1024 * 1024
     max_inflight: int = 8
     snapshot_chunk: int = 60 * 1024
+    max_uncommitted_entries: int = 4096
+    max_uncommitted_bytes: int = 16 * 1024 * 1024
     fsync: str = "always"
     cert: Optional[str] = None
     key: Optional[str] = None
@@ -98,6 +106,15 @@ class RaftConfig:
             return 2 * self.heartbeat
         return self.election_timeout
 
+    @property
+    def turn_budget(self) -> float:
+        """
+        Seconds of bulk work (applying entries) the core does in one reactor
+        turn before it yields, so heartbeats and their replies are never stuck
+        behind it: a small fraction of the election timeout.
+        """
+        return min(self.heartbeat / 5, self.election_base / 20)
+
     def validate(self):
         """:raises ConfigurationError: naming the first bad setting."""
         parse_host_port(self.listen, "listen")
@@ -111,7 +128,8 @@ class RaftConfig:
                     f"election_timeout must be a number of seconds above heartbeat ({self.heartbeat}), "
                     f"got {self.election_timeout!r}"
                 )
-        for name in ("snapshot_threshold", "max_batch_bytes", "max_inflight", "snapshot_chunk"):
+        for name in ("snapshot_threshold", "max_batch_bytes", "max_inflight", "snapshot_chunk",
+                     "max_uncommitted_entries", "max_uncommitted_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")

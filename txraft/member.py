@@ -226,7 +226,10 @@ class Raft:
         :returns: a Deferred firing with what ``apply()`` returned here, or
             failing with :class:`~txraft.errors.ApplyError` (``apply()``
             raised), :class:`~txraft.errors.Timeout` (outcome unknown: it may
-            still be applied, but never twice), or
+            still be applied, but never twice),
+            :class:`~txraft.errors.Busy` (at once: the leader holds as much
+            uncommitted work as its configuration allows; nothing was stored,
+            retry after ``retry_after`` seconds), or
             :class:`~txraft.errors.Stopped`.
         :raises TypeError: at once, when ``command`` is not bytes.
         """

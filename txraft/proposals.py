@@ -8,7 +8,10 @@ Raft dissertation section 6.3), has the core place it in the leader's log
 resolves the caller's Deferred when the entry is applied here.  It submits the
 same command again, with the same id, when the reply is lost, when the leader
 changes, or when a snapshot skipped the place it was given; the session table
-then applies it at most once.  Every wait has a deadline.
+then applies it at most once.  Every wait has a deadline.  A command the
+leader refuses as :class:`~txraft.errors.Busy` on its first submission fails
+at once (nothing was stored); one refused on a later submission may already
+be in the log, so it waits and is submitted again.
 
 It sees the core only through its public methods and as an
 :class:`~txraft.interfaces.IRaftObserver`.
@@ -28,7 +31,7 @@ from txraft.core.raft import DUPLICATE
 class _Pending:
     """One ``append()`` waiting for its command to be applied here."""
 
-    __slots__ = ("command", "seq", "deferred", "placed", "timer", "retry")
+    __slots__ = ("command", "seq", "deferred", "placed", "timer", "retry", "submissions")
 
     def __init__(self, command, seq, deferred):
         self.command = command
@@ -37,6 +40,7 @@ class _Pending:
         self.placed = None  # (term, index) the leader reported, or None
         self.timer = None
         self.retry = None
+        self.submissions = 0
 
 
 class Proposals(RaftObserver):
@@ -70,6 +74,11 @@ class Proposals(RaftObserver):
         :param float timeout: seconds to wait (default ``config.request_timeout``).
         :returns: a Deferred; see :meth:`txraft.member.Raft.append`.
         """
+        try:
+            # On the leader, refuse at once what it has no room for (backpressure).
+            self.core.check_admission(len(command))
+        except errors.Busy as busy:
+            return defer.fail(busy)
         seq, self._next_seq = self._next_seq, self._next_seq + 1
         d = defer.Deferred()
         pending = self._pending[seq] = _Pending(command, seq, d)
@@ -93,9 +102,18 @@ class Proposals(RaftObserver):
         self._forget_placement(pending)
         if not self.core.leader:
             return  # with no leader known, wait for leader_changed
+        pending.submissions += 1
         d = self.core.propose(pending.command, self._request_id(pending))
         d.addCallbacks(lambda placed: self._placed_at(pending, *placed),
-                       lambda failure: self._retry_later(pending, failure))
+                       lambda failure: self._refused(pending, failure))
+
+    def _refused(self, pending, failure):
+        if failure.check(errors.Busy) and pending.submissions == 1:
+            # The leader stored nothing and no earlier copy exists: the caller
+            # may retry later (or elsewhere) without any risk of a duplicate.
+            self._finish(pending, failure.value)
+        else:
+            self._retry_later(pending, failure)
 
     def _placed_at(self, pending, term, index):
         if pending.seq not in self._pending:

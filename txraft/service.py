@@ -230,6 +230,8 @@ class RaftService(service.MultiService):
         await self.raft.start()
         if self.http is not None:
             await self._listen_http()
+        if self.metrics is not None:
+            self.metrics.watch_reactor()
 
     def _started(self, _):
         self._starting = None
@@ -284,6 +286,8 @@ class RaftService(service.MultiService):
         if self._site is not None:
             site, self._site = self._site, None
             await site.close_connections()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.raft is not None:
             await self.raft.stop()
         await defer.maybeDeferred(super_stop)

@@ -39,6 +39,9 @@ def committable(matches, term, storage):
 class Replication:
     """The replication half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
+    #: Commands refused with :class:`~txraft.errors.Busy` by this member as leader.
+    busy_refusals = 0
+
     def progress_of(self, peer):
         """
         :returns: what this member, as leader, knows of ``peer``'s log (a
@@ -61,20 +64,62 @@ class Replication:
             placed the command (at once on the leader).
         :raises NotLeader: (through the Deferred) when no leader is known, or
             the one asked no longer leads.
+        :raises Busy: (through the Deferred) when the leader holds as much
+            uncommitted work as it may (nothing was stored).
         """
         if self._role_of_term(Leader, self.term) is not None:
-            return defer.succeed(self._place(command, request_id))
+            try:
+                return defer.succeed(self._place(command, request_id))
+            except errors.Busy as busy:
+                return defer.fail(busy)
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
+    def uncommitted(self):
+        """:returns: ``(entries, bytes)`` of commands this leader placed and has not committed; ``(0, 0)`` off lead."""
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None:
+            return 0, 0
+        return len(leader.uncommitted), leader.uncommitted_bytes
+
+    def check_admission(self, size):
+        """
+        Backpressure (etcd's ``MaxUncommittedEntriesSize``): refuse a command
+        of ``size`` bytes when this leader already holds the configured
+        uncommitted entries or bytes.  A command is always admitted when
+        nothing is uncommitted, however large.  Nothing to check off lead:
+        the leader checks forwarded commands itself.
+
+        :raises Busy: when the command must not be placed now.
+        """
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None or not leader.uncommitted:
+            return
+        config = self.config
+        if (len(leader.uncommitted) >= config.max_uncommitted_entries
+                or leader.uncommitted_bytes + size > config.max_uncommitted_bytes):
+            self.busy_refusals += 1
+            raise errors.Busy(
+                f"the leader holds {len(leader.uncommitted)} uncommitted commands "
+                f"({leader.uncommitted_bytes} bytes), its limit; retry later",
+                retry_after=self.config.heartbeat)
+
     def _place(self, command, request_id):
-        """Append a command to the leader's log. :returns: ``(term, index)``. :raises NotLeader:"""
+        """
+        Append a command to the leader's log. :returns: ``(term, index)``.
+
+        :raises NotLeader: off lead.
+        :raises Busy: beyond the uncommitted bounds (nothing stored).
+        """
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
+        self.check_admission(len(command))
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
+        leader.uncommitted.append((entry.index, len(command)))
+        leader.uncommitted_bytes += len(command)
         self._append_own(leader, [entry])
         return entry.term, entry.index
 
@@ -91,6 +136,7 @@ class Replication:
         matches = [leader.own_durable] + [p.match_index for p in leader.progress.values()]
         index = committable(matches, leader.term, self.storage)
         if index > self.commit_index:
+            leader.release_committed(index)
             self._advance_commit(index)
             self._schedule_broadcast(leader, commit=True)
             self._check_reads(leader)

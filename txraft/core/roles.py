@@ -17,6 +17,8 @@ than spelled as ``if role == ...`` in the core.
 
 from __future__ import annotations
 
+from collections import deque
+
 from txraft.core.waiters import Waiters
 from txraft.messages import Role
 
@@ -116,10 +118,13 @@ class Leader(_RoleState):
     :ivar reads: :class:`~txraft.core.waiters.Waiters` for rounds a quorum has
         yet to confirm.
     :ivar read_call: the end-of-turn leadership check scheduled, or ``None``.
+    :ivar uncommitted: ``(index, bytes)`` of each command placed in this term
+        and not yet committed, oldest first (backpressure).
+    :ivar uncommitted_bytes: the sum of their sizes.
     """
 
     __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
-                 "round", "sent_rounds", "reads", "read_call")
+                 "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes")
     role = Role.LEADER
 
     def __init__(self, term, progress):
@@ -133,6 +138,14 @@ class Leader(_RoleState):
         self.sent_rounds = {}
         self.reads = Waiters()
         self.read_call = None
+        self.uncommitted = deque()
+        self.uncommitted_bytes = 0
+
+    def release_committed(self, commit_index):
+        """Forget the uncommitted commands up to ``commit_index``."""
+        uncommitted = self.uncommitted
+        while uncommitted and uncommitted[0][0] <= commit_index:
+            self.uncommitted_bytes -= uncommitted.popleft()[1]
 
     def heard_from_leader_within(self, now, window):
         return True
