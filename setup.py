@@ -32,6 +32,12 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.80",
         ],
+        # bench/compare.py and bench/http_load.py: the cluster txraft is
+        # measured against, and the asyncio HTTP client of the load script.
+        "bench": [
+            "pysyncobj>=0.3.12",
+            "aiohttp>=3.9",
+        ],
     },
     entry_points={"console_scripts": ["txraft = txraft.cli:main"]},
 )

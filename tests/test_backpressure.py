@@ -1,8 +1,10 @@
 """
 Backpressure at the leader: beyond ``max_uncommitted_entries`` or
-``max_uncommitted_bytes`` an append fails at once with ``Busy`` (locally,
-forwarded from a follower, and as HTTP 429), nothing refused is ever stored,
-nothing admitted is applied twice, and admission resumes as commits drain.
+``max_uncommitted_bytes`` a local append waits in the bounded admission queue
+and fails with ``Busy`` beyond it (or when its deadline passes there); a
+forwarded one fails with ``Busy`` at once (and as HTTP 429).  Nothing refused
+is ever stored, nothing admitted is applied twice, and admission resumes as
+commits drain.
 """
 
 import json
@@ -22,8 +24,9 @@ from tests.test_http import HTTPCluster, bounded, wait_until
 class BoundedCluster(SimulatedCluster):
     """A simulated cluster whose members have small uncommitted bounds."""
 
-    def __init__(self, entries=4, size_bytes=1 << 20, **kwargs):
-        self.bounds = dict(max_uncommitted_entries=entries, max_uncommitted_bytes=size_bytes)
+    def __init__(self, entries=4, size_bytes=1 << 20, queue=0, **kwargs):
+        self.bounds = dict(max_uncommitted_entries=entries, max_uncommitted_bytes=size_bytes,
+                           max_queued_appends=queue)
         super().__init__(checker=SafetyChecker(), **kwargs)
 
     def config(self, member_id):
@@ -48,28 +51,41 @@ def applied_commands(cluster, member_id):
     return [c for _, c in sorted(cluster.clients[member_id].applied.items())]
 
 
-def test_the_leader_refuses_at_once_beyond_the_entry_bound_and_stores_nothing_refused():
-    cluster = started(BoundedCluster(entries=4, fsync_delay=0.05))
+def test_beyond_the_entry_bound_appends_queue_then_fail_with_busy_and_nothing_refused_is_stored():
+    cluster = started(BoundedCluster(entries=4, queue=3, fsync_delay=0.05))
     leader = cluster.members[cluster.agreed_leader()]
     last = leader.status().last_index
     # All in one reactor turn: nothing can commit in between.
     results = outcomes([leader.append(b"cmd%d" % i) for i in range(10)])
-    refused = [r[0] for r in results[4:]]
+    refused = [r[0] for r in results[7:]]
     assert all(isinstance(r, errors.Busy) for r in refused), refused
-    assert "uncommitted" in str(refused[0]) and refused[0].retry_after > 0
-    assert all(r == [] for r in results[:4])  # admitted: still waiting
-    assert leader.status().last_index == last + 4
-    assert leader.core.busy_refusals == 6
+    assert "queue" in str(refused[0]) and refused[0].retry_after > 0
+    assert all(r == [] for r in results[:7])  # placed or queued: still waiting
+    assert leader.status().last_index == last + 4 and leader.queued_appends == 3
+    assert leader.core.busy_refusals == 3
     cluster.run_until(lambda: all(r for r in results), 5)
-    assert [r[0] for r in results[:4]] == [last + 1, last + 2, last + 3, last + 4]
+    assert [r[0] for r in results[:7]] == [last + i for i in range(1, 8)]
+    assert leader.queued_appends == 0
     cluster.run_until(cluster.converged, 5)
     for member_id in cluster.ids:
-        assert applied_commands(cluster, member_id) == [b"cmd0", b"cmd1", b"cmd2", b"cmd3"]
+        assert applied_commands(cluster, member_id) == [b"cmd%d" % i for i in range(7)]
     # Committed: the bound is free again.
     assert leader.core.uncommitted() == (0, 0)
     again = outcomes([leader.append(b"later")])
     cluster.run_until(lambda: again[0], 5)
-    assert again[0][0] == last + 5
+    assert again[0][0] == last + 8
+
+
+def test_an_append_whose_deadline_passes_in_the_queue_fails_with_busy_and_is_never_stored():
+    cluster = started(BoundedCluster(entries=1, queue=10, fsync_delay=0.2))
+    leader = cluster.members[cluster.agreed_leader()]
+    first, queued = outcomes([leader.append(b"first"), leader.append(b"queued", timeout=0.05)])
+    assert cluster.run_until(lambda: queued, 5)
+    assert isinstance(queued[0], errors.Busy) and "nothing was stored" in str(queued[0])
+    cluster.run_until(lambda: first, 10)
+    cluster.run_until(cluster.converged, 5)
+    for member_id in cluster.ids:
+        assert applied_commands(cluster, member_id) == [b"first"]
 
 
 def test_the_byte_bound_counts_command_bytes_and_always_admits_one_command():
@@ -134,7 +150,7 @@ def test_callers_that_retry_on_busy_get_every_command_applied_exactly_once():
 
 @pytest_twisted.async_yield_fixture
 async def small_http_cluster(clean_reactor):
-    cluster = HTTPCluster(request_timeout=5.0, max_uncommitted_entries=2)
+    cluster = HTTPCluster(request_timeout=5.0, max_uncommitted_entries=2, max_queued_appends=0)
     try:
         await cluster.start()
     except BaseException:

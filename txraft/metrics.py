@@ -48,8 +48,10 @@ Every name starts with ``txraft_``:
 ``txraft_uncommitted_bytes``                their bytes
 ``txraft_max_uncommitted_entries``          the bound beyond which appends fail with ``Busy``
 ``txraft_max_uncommitted_bytes``            the same bound in bytes
-``txraft_appends_refused_busy_total``       commands refused with ``Busy`` (backpressure:
-                                            they fail at once, nothing queues)
+``txraft_append_queue``                     ``append()`` calls waiting for room in the
+                                            leader's bounds (the admission queue)
+``txraft_max_queued_appends``               its bound, beyond which they fail with ``Busy``
+``txraft_appends_refused_busy_total``       commands refused with ``Busy`` (nothing stored)
 ``txraft_reactor_turn_seconds``             histogram: how late a timer due every 20 ms
                                             fired, i.e. the reactor turn it waited behind
                                             (once :meth:`MemberMetrics.watch_reactor` runs)
@@ -338,6 +340,10 @@ class _StatusCollector:
         yield gauge("txraft_max_uncommitted_bytes",
                     "Uncommitted bytes beyond which append() fails at once with Busy",
                     config.max_uncommitted_bytes)
+        yield gauge("txraft_append_queue", "append() calls waiting in this member's admission queue",
+                    metrics.raft.queued_appends)
+        yield gauge("txraft_max_queued_appends", "Queued append() calls beyond which append() fails with Busy",
+                    config.max_queued_appends)
         yield CounterMetricFamily("txraft_appends_refused_busy",
                                   "Commands this member, as leader, refused with Busy (nothing stored)",
                                   value=core.busy_refusals if core is not None else 0)

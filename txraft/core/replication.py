@@ -84,27 +84,41 @@ class Replication:
             return 0, 0
         return len(leader.uncommitted), leader.uncommitted_bytes
 
-    def check_admission(self, size):
+    def refusal(self, size):
         """
-        Backpressure (etcd's ``MaxUncommittedEntriesSize``): refuse a command
-        of ``size`` bytes when this leader already holds the configured
-        uncommitted entries or bytes.  A command is always admitted when
-        nothing is uncommitted, however large.  Nothing to check off lead:
-        the leader checks forwarded commands itself.
+        Backpressure (etcd's ``MaxUncommittedEntriesSize``): whether this
+        leader must refuse a command of ``size`` bytes now, because it already
+        holds the configured uncommitted entries or bytes, or has spent
+        ``config.turn_budget`` seconds of this reactor turn placing commands.
+        A command is always admitted when nothing is uncommitted, however
+        large.  Nothing to check off lead: the leader checks forwarded
+        commands itself.
 
-        :raises Busy: when the command must not be placed now.
+        :returns: the :class:`~txraft.errors.Busy` to fail it with, or ``None``.
         """
         leader = self._role_of_term(Leader, self.term)
         if leader is None or not leader.uncommitted:
-            return
+            return None
         config = self.config
         if (len(leader.uncommitted) >= config.max_uncommitted_entries
                 or leader.uncommitted_bytes + size > config.max_uncommitted_bytes):
-            self.busy_refusals += 1
-            raise errors.Busy(
+            return errors.Busy(
                 f"the leader holds {len(leader.uncommitted)} uncommitted commands "
                 f"({leader.uncommitted_bytes} bytes), its limit; retry later",
-                retry_after=self.config.heartbeat)
+                retry_after=config.heartbeat)
+        if leader.turn_start is not None and self.clock.seconds() - leader.turn_start > config.turn_budget:
+            # This reactor turn has placed commands for its whole budget: a
+            # longer turn would delay heartbeats (and so cost the leadership).
+            return errors.Busy("the leader has placed as many commands as it may in one turn; retry later",
+                               retry_after=config.heartbeat)
+        return None
+
+    def check_admission(self, size):
+        """:raises Busy: when :meth:`refusal` says so (and counts the refusal)."""
+        busy = self.refusal(size)
+        if busy is not None:
+            self.busy_refusals += 1
+            raise busy
 
     def _place(self, command, request_id):
         """
@@ -120,6 +134,8 @@ class Replication:
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
         leader.uncommitted.append((entry.index, len(command)))
         leader.uncommitted_bytes += len(command)
+        if leader.turn_start is None:
+            leader.turn_start = self.clock.seconds()
         self._append_own(leader, [entry])
         return entry.term, entry.index
 
@@ -156,6 +172,7 @@ class Replication:
 
     def _broadcast(self, leader):
         leader.broadcast_call = None
+        leader.turn_start = None
         commit, leader.commit_news = leader.commit_news, False
         if self.state is not leader:
             return

@@ -121,10 +121,13 @@ class Leader(_RoleState):
     :ivar uncommitted: ``(index, bytes)`` of each command placed in this term
         and not yet committed, oldest first (backpressure).
     :ivar uncommitted_bytes: the sum of their sizes.
+    :ivar turn_start: clock time the first command of this reactor turn was
+        placed, or ``None`` (no command placed since the last broadcast).
     """
 
     __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
-                 "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes")
+                 "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes",
+                 "turn_start")
     role = Role.LEADER
 
     def __init__(self, term, progress):
@@ -140,6 +143,7 @@ class Leader(_RoleState):
         self.read_call = None
         self.uncommitted = deque()
         self.uncommitted_bytes = 0
+        self.turn_start = None
 
     def release_committed(self, commit_index):
         """Forget the uncommitted commands up to ``commit_index``."""
