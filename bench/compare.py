@@ -65,6 +65,23 @@ def percentiles(latencies):
             "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3, 3)}
 
 
+class _NeverRaised(Exception):
+    """Stands for an exception class the txraft under test does not have."""
+
+
+class _NoTurnMonitor:
+    longest = 0.0
+
+    def __init__(self, clock, histogram):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
 # -- txraft member process ---------------------------------------------------------------------
 
 
@@ -78,7 +95,12 @@ def txraft_child(args):
     from prometheus_client import CollectorRegistry, Histogram
 
     from txraft.member import Raft
-    from txraft.metrics import TurnMonitor
+
+    try:
+        from txraft.metrics import TurnMonitor
+    except ImportError:  # a txraft from before the monitor (to measure it too)
+        TurnMonitor = _NoTurnMonitor
+    Busy = getattr(errors, "Busy", _NeverRaised)
 
     class LeaderWatcher(RaftObserver):
         def __init__(self, changes):
@@ -138,7 +160,7 @@ def txraft_child(args):
                 started = time.perf_counter()
                 try:
                     await raft.append(commands[rng.randrange(KEYS)])
-                except errors.Busy as refusal:
+                except Busy as refusal:
                     # Back off as a client should: the hint, doubled per
                     # refusal in a row, with jitter.
                     busy += 1
@@ -216,7 +238,7 @@ def txraft_child(args):
                 st = raft.status()
                 sys.stderr.write(f"TRACE {time.time():.3f} {raft.id} {st.role} t{st.term} c{st.commit_index} "
                                  f"a{st.applied_index} l{st.last_index} u{raft.core.uncommitted()} "
-                                 f"p{len(raft._proposals._pending)} turn{turns.longest*1e3:.0f}\n")
+                                 f"p{len(raft._proposals._pending)} turn{turns.longest * 1e3:.0f}\n")
             task.LoopingCall(trace).start(0.1)
         stdio.StandardIO(Commands())
         sys.stdout.write(json.dumps({"ready": raft.id}) + "\n")
@@ -367,7 +389,12 @@ def free_port(host):
         return s.getsockname()[1]
 
 
-def run_system(system, args, directory):
+def start_cluster(system, args, directory, log):
+    """
+    Start a 3-member cluster of ``system`` and make (or find) its leader.
+
+    :returns: ``(children, leader)``, the :class:`Child` processes.
+    """
     hosts = [f"127.0.0.{41 + i}" for i in range(3)] if system == "txraft" else [f"127.0.0.{51 + i}" for i in range(3)]
     ids = [f"{h}:{free_port(h)}" for h in hosts]
     work = os.path.join(directory, system)
@@ -379,7 +406,6 @@ def run_system(system, args, directory):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     children = []
-    log = open(os.path.join(args.workdir or work, f"{system}-members.log"), "w")
     try:
         for index in range(3):
             argv = [sys.executable, os.path.abspath(__file__), "--child", system, "--index", str(index),
@@ -394,6 +420,18 @@ def run_system(system, args, directory):
         else:
             leader_id = children[0].ask({"cmd": "lead"})["leader"]
             leader = next(c for c, i in zip(children, ids) if i == leader_id)
+    except BaseException:
+        for child in children:
+            child.close()
+        raise
+    return children, leader
+
+
+def run_system(system, args, directory):
+    log = open(os.path.join(args.workdir or directory, f"{system}-members.log"), "w")
+    children = []
+    try:
+        children, leader = start_cluster(system, args, directory, log)
         follower = next(c for c in children if c is not leader)
         rows = []
         for callers in args.sweep:

@@ -245,7 +245,14 @@ class Proposals(RaftObserver):
                        lambda failure: self._refused(pending, failure))
 
     def _refused(self, pending, failure):
-        if failure.check(errors.Busy) and pending.submissions == 1:
+        if failure.check(errors.Busy) and pending.submissions == 1 and self.core.leader == self.core.id:
+            # This member leads and its bounds filled up since admission was
+            # checked: wait at the head of the admission queue instead.
+            pending.submissions = 0
+            pending.queued = True
+            self._waiting.appendleft(pending)
+            self._admit_soon()
+        elif failure.check(errors.Busy) and pending.submissions == 1:
             # The leader stored nothing and no earlier copy exists: the caller
             # may retry later (or elsewhere) without any risk of a duplicate.
             self._finish(pending, failure.value)
