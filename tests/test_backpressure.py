@@ -10,7 +10,9 @@ commits drain.
 import json
 
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from twisted.python.failure import Failure
 
 from txraft import errors
@@ -184,6 +186,32 @@ async def test_http_answers_429_with_retry_after_beyond_the_bound(small_http_clu
         assert response.code == 200
     await wait_until(lambda: cluster.stores[follower].get("k1") == b"v")
     assert cluster.stores[follower].get("k9") is None
+
+
+class _Busy(Resource):
+    """An API that answers every request as a busy leader does."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(429)
+        request.setHeader(b"retry-after", b"1")
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "busy: the leader holds 2 uncommitted commands", "retry_after": 0.05}'
+
+
+@bounded(60)
+async def test_the_command_line_says_the_cluster_is_busy(clean_reactor):
+    from tests.test_cli import txraft
+
+    port = reactor.listenTCP(0, Site(_Busy()), interface="127.0.0.1")
+    try:
+        url = "http://127.0.0.1:%d" % port.getHost().port
+        out, err, code = await txraft("put", "k", "v", "--server", url, "--insecure")
+    finally:
+        await port.stopListening()
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "HTTP 429" in err and "the cluster is busy: nothing was stored" in err
 
 
 def test_metrics_expose_the_bounds_and_refusals():

@@ -161,8 +161,7 @@ async def _run_client(args, reactor):
                 print(f"swapped {args.name!r} at index {reply.get('index')}")
     except ClientError as e:
         if e.status == 429:
-            raise _Failed(f"{e}\nthe cluster is busy (backpressure): nothing was stored; "
-                          "try again in a moment")
+            raise _Failed(f"{e} (the cluster is busy: nothing was stored; try again in a moment)")
         raise _Failed(str(e))
 
 
