@@ -75,15 +75,18 @@ async def slow_apply_keeps_the_leader(directory):
         for member in cluster.members[1:]:
             cluster.start(member)
         await until(lambda: raft.status().leader, 30, "a leader")
-        if raft.status().role != "leader":
-            raft.start_election()
+        asked = [0.0]
 
         async def we_lead():
+            if raft.status().role == "follower" and time.monotonic() - asked[0] > 2:
+                # Stand for election (again, if a busy machine made the last try fail).
+                asked[0] = time.monotonic()
+                raft.start_election()
             statuses = await cluster.statuses(cluster.members[1:])
             return raft.status().role == "leader" and all(
                 s is not None and s["leader"] == here.id for s in statuses.values())
 
-        await cluster.wait_for(we_lead, 30, "this member to lead")
+        await cluster.wait_for(we_lead, 60, "this member to lead")
         term = raft.status().term
         changes = LeaderChanges()
         raft.core.add_observer(changes)
@@ -93,9 +96,16 @@ async def slow_apply_keeps_the_leader(directory):
         results = await defer.gatherResults([raft.append(encode_put(f"k{i}", b"v")) for i in range(200)])
         store.slow = False
         assert len(results) == 200
+        last = raft.status().applied_index
+
+        async def followers_caught_up():
+            statuses = await cluster.statuses(cluster.members[1:])
+            return all(s is not None and s["applied_index"] >= last for s in statuses.values()) and statuses
+
+        statuses = await cluster.wait_for(followers_caught_up, 30, "the followers to apply everything")
         assert changes.changes == []
         assert raft.status().role == "leader" and raft.status().term == term
-        for member_id, status in (await cluster.statuses(cluster.members[1:])).items():
+        for member_id, status in statuses.items():
             assert status["term"] == term and status["leader"] == here.id, (member_id, status)
     finally:
         await cluster.stop()
