@@ -91,6 +91,18 @@ class TxraftTarget(Target):
     def put_request(self, key, value):
         return "PUT", f"{self.leader_url}/v1/kv/{key}", value
 
+    async def term(self, session):
+        """:returns: the highest term any member reports."""
+        terms = [0]
+        for member in self.cluster.members:
+            try:
+                async with session.get(f"https://{member.host}:{member.http_port}/v1/status",
+                                       ssl=self.ssl) as response:
+                    terms.append((await response.json())["term"])
+            except Exception:
+                pass
+        return max(terms)
+
     def stop(self):
         for member in self.cluster.members:
             self.cluster.kill(member, 15)
@@ -146,6 +158,17 @@ class EtcdTarget(Target):
             await asyncio.sleep(0.1)
         raise RuntimeError("no etcd leader within 60 s")
 
+    async def term(self, session):
+        """:returns: the highest raft term any member reports."""
+        terms = [0]
+        for _, host, _, client in self.members:
+            try:
+                async with session.post(f"http://{host}:{client}/v3/maintenance/status", data="{}") as response:
+                    terms.append(int((await response.json()).get("raftTerm", 0)))
+            except Exception:
+                pass
+        return max(terms)
+
     def put_request(self, key, value):
         body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
                            "value": base64.b64encode(value).decode()})
@@ -175,7 +198,7 @@ async def load(target, session, connections, seconds, value):
             started = time.perf_counter()
             try:
                 async with session.request(method, url, data=body, ssl=target.ssl) as response:
-                    await response.read()
+                    answer = await response.read()
                     code = response.status
                     retry_after = response.headers.get("retry-after")
             except Exception as error:
@@ -188,6 +211,8 @@ async def load(target, session, connections, seconds, value):
                     latencies.append(time.perf_counter() - started)
             else:
                 failures[str(code)] = failures.get(str(code), 0) + 1
+                if os.environ.get("TXRAFT_BENCH_LOG") and failures[str(code)] == 1:
+                    print(f"    first {code}: {answer[:300]!r}", flush=True)
                 if code == 429:
                     await asyncio.sleep(float(retry_after or 1) * rng.uniform(0.5, 1.0))
 
@@ -209,10 +234,14 @@ async def measure(target, args):
         for connections in args.connections:
             # Open the connections (TLS handshakes) before measuring.
             await load(target, session, connections, args.warmup, value)
+            await target.find_leader(session)  # it may have changed meanwhile
+            term = await target.term(session)
             row = await load(target, session, connections, args.seconds, value)
+            row["elections"] = await target.term(session) - term
             results["sweep"].append(row)
             print(f"  {target.name:7} {connections:5} connections: {row['puts_per_s']:8,.0f} PUT/s  "
                   f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  failures {row['failures'] or 0}  "
+                  f"elections {row['elections']}  "
                   f"(load {row['load']:.2f})", flush=True)
         sequential = await load(target, session, 1, args.seconds, value)
         results["sequential"] = sequential
