@@ -232,6 +232,12 @@ def txraft_child(args):
 
     async def start():
         await raft.start()
+        if args.gc_tuned:
+            # As twistd raft does: full collections of a large heap paused
+            # the reactor for hundreds of milliseconds.
+            from txraft.service import tune_garbage_collector
+
+            tune_garbage_collector()
         turns.start()
         if os.environ.get("TXRAFT_BENCH_LOG"):
             def trace():
@@ -240,6 +246,20 @@ def txraft_child(args):
                                  f"a{st.applied_index} l{st.last_index} u{raft.core.uncommitted()} "
                                  f"p{len(raft._proposals._pending)} turn{turns.longest * 1e3:.0f}\n")
             task.LoopingCall(trace).start(0.1)
+            import gc
+
+            gc_started = {}
+
+            def gc_watch(phase, info):
+                if phase == "start":
+                    gc_started["t"] = time.perf_counter()
+                else:
+                    took = time.perf_counter() - gc_started.get("t", time.perf_counter())
+                    if took > 0.02:
+                        sys.stderr.write(f"GC {time.time():.3f} {raft.id} gen{info['generation']} "
+                                         f"{took * 1e3:.0f} ms collected {info['collected']}\n")
+
+            gc.callbacks.append(gc_watch)
         stdio.StandardIO(Commands())
         sys.stdout.write(json.dumps({"ready": raft.id}) + "\n")
         sys.stdout.flush()
@@ -411,6 +431,8 @@ def start_cluster(system, args, directory, log):
             argv = [sys.executable, os.path.abspath(__file__), "--child", system, "--index", str(index),
                     "--ids", ",".join(ids), "--dir", work, "--value-bytes", str(args.value_bytes),
                     "--heartbeat", str(args.heartbeat), "--election-timeout", str(args.election_timeout)]
+            if getattr(args, "gc_tuned", False):
+                argv.append("--gc-tuned")
             children.append(Child(argv, env, log))
         for child in children:
             child.read()  # ready
@@ -472,6 +494,8 @@ def main():
     parser.add_argument("--heartbeat", type=float, default=0.15, help="txraft heartbeat (twistd raft default)")
     parser.add_argument("--election-timeout", type=float, default=0.6,
                         help="txraft election timeout (twistd raft default)")
+    parser.add_argument("--gc-tuned", action="store_true",
+                        help="txraft members freeze start-up objects and collect garbage less often")
     parser.add_argument("--workdir", help="where the members' directories go (default: a temporary one)")
     parser.add_argument("--child", choices=("txraft", "pysyncobj"), help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)

@@ -31,6 +31,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=1_000_000)
     parser.add_argument("--callers", type=int, default=256)
+    parser.add_argument("--gc-tuned", action="store_true",
+                        help="members tune their garbage collector as twistd raft does")
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="seconds of load between samples")
     args = parser.parse_args()
     args.value_bytes, args.heartbeat, args.election_timeout, args.workdir = 100, 0.15, 0.6, None

@@ -208,6 +208,10 @@ class Proposals(RaftObserver):
         now = self.clock.seconds()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
+            if self._over_budget():
+                # Thousands may expire at once: fail the rest in later turns.
+                self._expiry_call = self.clock.callLater(0, self._expire_due)
+                return
             _, seq = heapq.heappop(deadlines)
             pending = self._pending.get(seq)
             if pending is not None:
