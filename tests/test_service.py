@@ -256,3 +256,18 @@ async def test_credentials_are_loaded_once_at_start_and_serve_the_https_api(tmp_
                 200, b"hello from " + host.encode())
 
     await defer.ensureDeferred(body()).addTimeout(30, reactor)
+
+
+def test_tune_garbage_collector_freezes_start_up_objects_and_raises_the_thresholds():
+    import gc
+
+    from txraft.service import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
