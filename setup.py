@@ -38,6 +38,12 @@ setup(
             "sphinx>=7.4",
             "myst-parser>=3.0",
         ],
+        # bench/compare.py and bench/http_load.py: the cluster txraft is
+        # measured against, and the asyncio HTTP client of the load script.
+        "bench": [
+            "pysyncobj>=0.3.12",
+            "aiohttp>=3.9",
+        ],
     },
     entry_points={"console_scripts": ["txraft = txraft.cli:main"]},
 )

@@ -68,9 +68,10 @@ class TrackingSite(Site):
 class HTTPCluster:
     """Three members, each with its HTTP API on 127.0.0.1 (port 0)."""
 
-    def __init__(self, request_timeout=1.0):
+    def __init__(self, request_timeout=1.0, **settings):
         self.network = MemoryNetwork(reactor)
         self.request_timeout = request_timeout
+        self.settings = settings  # more RaftConfig settings
         self.rafts = {}
         self.stores = {}
         self.metrics = {}
@@ -84,7 +85,7 @@ class HTTPCluster:
         transports = {}
         for member_id in IDS:
             config = RaftConfig(listen=member_id, heartbeat=0.05, election_timeout=0.3, rpc_timeout=0.25,
-                                request_timeout=self.request_timeout)
+                                request_timeout=self.request_timeout, **self.settings)
             store = KeyValueStore()
             # Counted from the start, as RaftService builds its member.
             transports[member_id] = CountingTransport(self.network.transport(member_id))

@@ -302,3 +302,16 @@ async def test_a_descriptor_limit_below_what_the_ports_may_hold_is_warned_about(
     events = await start_logging(services, svc)
     [warning] = [e for e in events if "descriptor limit" in e.get("log_format", "")]
     assert warning["soft"] == 256 and warning["needed"] == 128 + 512 + 64
+def test_tune_garbage_collector_freezes_start_up_objects_and_raises_the_thresholds():
+    import gc
+
+    from txraft.service import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

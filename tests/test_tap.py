@@ -150,6 +150,7 @@ def test_make_service_builds_a_raft_service(tmp_path):
     assert isinstance(svc, RaftService)
     assert svc.members == ("127.0.0.1:7001", "127.0.0.1:7002")
     assert type(svc.app).__name__ == "RecordingClient"
+    assert svc.tune_gc  # a twistd member makes the collector's pauses rare (docs/performance.md)
 
 
 def test_make_service_hands_down_the_credentials_loaded_while_checking(tmp_path, pki):

@@ -189,6 +189,8 @@ async def _run_client(args, reactor):
             if not args.json:
                 print(f"swapped {args.name!r} at index {reply.get('index')}")
     except ClientError as e:
+        if e.status == 429:
+            raise _Failed(f"{e} (the cluster is busy: nothing was stored; try again in a moment)")
         raise _Failed(str(e))
 
 

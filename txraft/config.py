@@ -57,12 +57,29 @@ class RaftConfig:
     :ivar request_timeout: seconds ``append()`` waits for its command to be
         applied before it fails with :class:`txraft.errors.Timeout`.
     :ivar rpc_timeout: seconds a member RPC may take before it is abandoned.
-    :ivar max_batch_bytes: byte budget of one AppendEntries batch.
+    :ivar max_batch_bytes: byte budget of one AppendEntries batch.  Kept
+        under one AMP value (64 KiB), so a batch is one message that a
+        follower decodes in a short turn and a heartbeat never queues behind
+        megabytes of entries (hashicorp/raft bounds batches the same way).
     :ivar max_command_bytes: the largest command a leader places in its log,
         whichever path brought it (``append()``, a follower's forward, the
         HTTP API); larger ones fail with :class:`txraft.errors.InvalidRequest`.
     :ivar max_inflight: AppendEntries requests in flight per follower.
     :ivar snapshot_chunk: bytes per InstallSnapshot chunk.
+    :ivar max_uncommitted_entries: commands a leader holds placed but not yet
+        committed (backpressure, like etcd's ``MaxUncommittedEntriesSize``);
+        beyond it a forwarded append fails at once with
+        :class:`txraft.errors.Busy` and a local one waits in the admission
+        queue (``max_queued_appends``).
+    :ivar max_uncommitted_bytes: the same bound in bytes of commands; one
+        command is always admitted when nothing is uncommitted.
+    :ivar max_queued_appends: ``append()`` calls on this member that may wait
+        for room in the leader's bounds (an admission queue, served in order
+        as commits drain, each within its own timeout); beyond it they fail
+        at once with :class:`txraft.errors.Busy`.  Forwarded appends are not
+        queued by the leader: they fail with ``Busy`` beyond its bounds.
+        ``0``: no queue; every append beyond the bounds fails at once (etcd's
+        ``ErrProposalDropped``).
     :ivar fsync: ``"always"`` (durable before replying) or ``"never"``.
     :ivar cert: path of this member's PEM certificate.
     :ivar key: path of this member's PEM private key.
@@ -80,10 +97,13 @@ class RaftConfig:
     snapshot_threshold: int = 10000
     request_timeout: float = 10.0
     rpc_timeout: float = 2.0
-    max_batch_bytes: int = 1024 * 1024
+    max_batch_bytes: int = 60 * 1024
     max_command_bytes: int = 1024 * 1024
     max_inflight: int = 8
     snapshot_chunk: int = 60 * 1024
+    max_uncommitted_entries: int = 1024
+    max_uncommitted_bytes: int = 16 * 1024 * 1024
+    max_queued_appends: int = 65536
     fsync: str = "always"
     cert: Optional[str] = None
     key: Optional[str] = None
@@ -102,6 +122,15 @@ class RaftConfig:
             return 2 * self.heartbeat
         return self.election_timeout
 
+    @property
+    def turn_budget(self) -> float:
+        """
+        Seconds of bulk work (applying entries) the core does in one reactor
+        turn before it yields, so heartbeats and their replies are never stuck
+        behind it: a small fraction of the election timeout.
+        """
+        return min(self.heartbeat / 5, self.election_base / 20)
+
     def validate(self) -> None:
         """:raises ConfigurationError: naming the first bad setting."""
         parse_host_port(self.listen, "listen")
@@ -115,9 +144,13 @@ class RaftConfig:
                     f"election_timeout must be a number of seconds above heartbeat ({self.heartbeat}), "
                     f"got {self.election_timeout!r}"
                 )
-        for name in ("snapshot_threshold", "max_batch_bytes", "max_command_bytes", "max_inflight", "snapshot_chunk"):
+        for name in ("snapshot_threshold", "max_batch_bytes", "max_command_bytes", "max_inflight", "snapshot_chunk",
+                     "max_uncommitted_entries", "max_uncommitted_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_queued_appends, int) or self.max_queued_appends < 0:
+            raise ConfigurationError(
+                f"max_queued_appends must be a non-negative integer, got {self.max_queued_appends!r}")
         if self.fsync not in FSYNC_POLICIES:
             raise ConfigurationError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")

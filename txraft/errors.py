@@ -43,6 +43,22 @@ class NoQuorum(Timeout):
     could elect one, or this member cannot reach it)."""
 
 
+class Busy(RaftError):
+    """
+    The leader holds as much uncommitted work as its configuration allows
+    (``RaftConfig.max_uncommitted_entries`` / ``max_uncommitted_bytes``), so
+    it refused the command at once.  Nothing was stored: the command is safe
+    to send again, preferably after ``retry_after`` seconds (like etcd's
+    ``ErrProposalDropped``).
+
+    :ivar retry_after: suggested seconds to wait before retrying.
+    """
+
+    def __init__(self, message="the leader is busy; retry later", retry_after=0.1):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class Stopped(RaftError):
     """The member was stopped; stopped members cannot be restarted."""
 

@@ -24,7 +24,9 @@ with any :class:`twisted.web.server.Site`::
 Every member accepts every request: the member API forwards writes and read
 points to the leader.  Errors are JSON ``{"error": "..."}``: 400 malformed
 input, 404 unknown path or key, 405 wrong method, 409 failed compare-and-set,
-413 command above ``max_command_size``, 503 no leader answered in time.
+413 command above ``max_command_size``, 429 the leader is busy (backpressure:
+nothing stored; ``Retry-After`` says when to come back), 503 no leader
+answered in time.
 ``docs/http-api.md`` is the full reference.
 
 Requests wait (``NOT_DONE_YET``) until their entry is applied or the read
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -209,6 +212,11 @@ def _failure_response(failure):
         return _Response.json(413, {"error": str(error)})
     if isinstance(error, errors.InvalidRequest):
         return _Response.json(400, {"error": str(error)})
+    if isinstance(error, errors.Busy):
+        # Backpressure: nothing was stored; the client should come back later.
+        retry_after = b"%d" % max(1, math.ceil(error.retry_after))
+        return _Response.json(429, {"error": f"busy: {error}", "retry_after": error.retry_after},
+                              headers=((b"retry-after", retry_after),))
     if isinstance(error, errors.NoQuorum):
         return _Response.json(503, {"error": f"no quorum: {error}"})
     if isinstance(error, errors.Timeout):

@@ -197,6 +197,11 @@ class Raft:
                           self.members)
         return self.core.status()
 
+    @property
+    def queued_appends(self):
+        """``append()`` calls waiting in this member's admission queue (backpressure)."""
+        return self._proposals.waiting if self._proposals is not None else 0
+
     def start_election(self):
         """Force this member to stand for election now (the seed's StartElection)."""
         if self.core is None or self._state != "running":
@@ -246,7 +251,12 @@ class Raft:
         :returns: a Deferred firing with what ``apply()`` returned here, or
             failing with :class:`~txraft.errors.ApplyError` (``apply()``
             raised), :class:`~txraft.errors.Timeout` (outcome unknown: it may
-            still be applied, but never twice), or
+            still be applied, but never twice),
+            :class:`~txraft.errors.Busy` (at once: the leader holds as much
+            uncommitted work as its configuration allows and this member's
+            admission queue is full, or the call's timeout passed while it
+            was queued; nothing was stored, retry after ``retry_after``
+            seconds), or
             :class:`~txraft.errors.Stopped`.
         :raises TypeError: at once, when ``command`` is not bytes.
         """

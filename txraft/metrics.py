@@ -51,6 +51,18 @@ Every name starts with ``txraft_``:
 ``txraft_connections_timed_out_total{port,stage}``  connections aborted for not finishing the
                                             TLS handshake (``stage="handshake"``) or not
                                             sending a request (``stage="idle"``) in time
+``txraft_uncommitted_entries``              commands the leader placed and has not committed
+``txraft_uncommitted_bytes``                their bytes
+``txraft_max_uncommitted_entries``          the bound beyond which appends fail with ``Busy``
+``txraft_max_uncommitted_bytes``            the same bound in bytes
+``txraft_append_queue``                     ``append()`` calls waiting for room in the
+                                            leader's bounds (the admission queue)
+``txraft_max_queued_appends``               its bound, beyond which they fail with ``Busy``
+``txraft_appends_refused_busy_total``       commands refused with ``Busy`` (nothing stored)
+``txraft_reactor_turn_seconds``             histogram: how late a timer due every 20 ms
+                                            fired, i.e. the reactor turn it waited behind
+                                            (once :meth:`MemberMetrics.watch_reactor` runs)
+``txraft_reactor_turn_max_seconds``         the longest of those since the start
 ==========================================  =================================================
 """
 
@@ -58,6 +70,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -71,6 +84,52 @@ ROLES = (Role.LEADER, Role.FOLLOWER, Role.CANDIDATE, Role.STOPPED)
 #: Append latency buckets, seconds: from a loopback cluster (~1 ms) to the
 #: default request timeout (10 s).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+#: Reactor turn buckets, seconds: from nothing to well past an election timeout.
+TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class TurnMonitor:
+    """
+    Measures how long the reactor's turns run, as Node.js's
+    ``monitorEventLoopDelay`` does: a timer due every ``interval`` seconds
+    fires late by as much as the turn it waited behind, so its lateness
+    samples the turns' lengths and its largest lateness is the longest turn
+    (to within ``interval``).
+
+    :param clock: an ``IReactorTime``.
+    :param histogram: a :class:`prometheus_client.Histogram` observing each lateness.
+    :ivar longest: the largest lateness seen, in seconds.
+    """
+
+    interval = 0.02
+
+    def __init__(self, clock, histogram):
+        self.clock = clock
+        self.histogram = histogram
+        self.longest = 0.0
+        self._due = None
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def start(self):
+        if not self._loop.running:
+            self._due = self.clock.seconds()
+            self._loop.start(self.interval, now=False)
+
+    def stop(self):
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self):
+        now = self.clock.seconds()
+        due = self._due + self.interval
+        late = max(0.0, now - due)
+        self._due = now
+        self.histogram.observe(late)
+        if late > self.longest:
+            self.longest = late
 
 
 @implementer(ITransport)
@@ -146,6 +205,10 @@ class MemberMetrics(RaftObserver):
         self.append_failures = Counter(
             "txraft_append_failures_total", "append() calls through this member's API that failed",
             ["error"], registry=self.registry)
+        self.reactor_turns = TurnMonitor(raft.reactor, Histogram(
+            "txraft_reactor_turn_seconds",
+            "Seconds a timer due every 20 ms fired late: the reactor turn it waited behind",
+            buckets=TURN_BUCKETS, registry=self.registry))
         # Event counters, updated as an observer of the core once attached.
         self.leader_changes = 0
         self.snapshots_taken = 0
@@ -157,6 +220,14 @@ class MemberMetrics(RaftObserver):
         self.ports = []
         self.registry.register(_StatusCollector(self))
         self.attach()
+
+    def watch_reactor(self):
+        """Start measuring the reactor's turns (``txraft_reactor_turn_seconds``); :meth:`stop` ends it."""
+        self.reactor_turns.start()
+
+    def stop(self):
+        """Stop the reactor turn monitor (nothing else needs stopping)."""
+        self.reactor_turns.stop()
 
     # -- attaching to the core -----------------------------------------------
 
@@ -272,6 +343,26 @@ class _StatusCollector:
                                   value=metrics.snapshots_taken)
         yield CounterMetricFamily("txraft_snapshots_installed", "Snapshots installed from the leader",
                                   value=metrics.snapshots_installed)
+
+        entries, size = core.uncommitted() if core is not None else (0, 0)
+        config = metrics.raft.config
+        yield gauge("txraft_uncommitted_entries", "Commands the leader placed and has not committed", entries)
+        yield gauge("txraft_uncommitted_bytes", "Bytes of commands the leader placed and has not committed", size)
+        yield gauge("txraft_max_uncommitted_entries",
+                    "Uncommitted commands beyond which append() fails at once with Busy",
+                    config.max_uncommitted_entries)
+        yield gauge("txraft_max_uncommitted_bytes",
+                    "Uncommitted bytes beyond which append() fails at once with Busy",
+                    config.max_uncommitted_bytes)
+        yield gauge("txraft_append_queue", "append() calls waiting in this member's admission queue",
+                    metrics.raft.queued_appends)
+        yield gauge("txraft_max_queued_appends", "Queued append() calls beyond which append() fails with Busy",
+                    config.max_queued_appends)
+        yield CounterMetricFamily("txraft_appends_refused_busy",
+                                  "Commands this member, as leader, refused with Busy (nothing stored)",
+                                  value=core.busy_refusals if core is not None else 0)
+        yield gauge("txraft_reactor_turn_max_seconds", "The longest reactor turn measured since the start",
+                    metrics.reactor_turns.longest)
 
         sent = CounterMetricFamily("txraft_replicated_bytes", "Bytes replicated to each peer",
                                    labels=["peer", "kind"])

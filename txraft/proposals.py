@@ -10,11 +10,24 @@ same command again, with the same id, when the reply is lost, when the leader
 changes, or when a snapshot skipped the place it was given; the session table
 then applies it at most once.  Every wait has a deadline.
 
+Admission (backpressure): when this member leads and holds as much
+uncommitted work as ``config`` allows, or has submitted commands for
+``config.turn_budget`` seconds of the current reactor turn, a new append waits
+in a bounded admission queue (``config.max_queued_appends``), in order, until
+commits make room; past that bound, or when its deadline passes while still
+queued, it fails with :class:`~txraft.errors.Busy` (nothing was stored).  A
+command a leader refuses as ``Busy`` on its first forwarded submission fails
+at once the same way; one refused on a later submission may already be in
+the log, so it waits and is submitted again.
+
 It sees the core only through its public methods and as an
 :class:`~txraft.interfaces.IRaftObserver`.
 """
 
 from __future__ import annotations
+
+import heapq
+from collections import deque
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,18 +38,34 @@ from txraft.core.observers import RaftObserver
 from txraft.core.raft import DUPLICATE
 
 
+_QUEUE_FULL = "the admission queue of this member is full (config.max_queued_appends); retry later"
+
+
+class _Queued:
+    """Marks a pending append whose retry waits in the resubmission queue."""
+
+    @staticmethod
+    def active():
+        return False
+
+
+_QUEUED = _Queued()
+
+
 class _Pending:
     """One ``append()`` waiting for its command to be applied here."""
 
-    __slots__ = ("command", "seq", "deferred", "placed", "timer", "retry")
+    __slots__ = ("command", "seq", "deferred", "placed", "deadline", "retry", "submissions", "queued")
 
     def __init__(self, command, seq, deferred):
         self.command = command
         self.seq = seq
         self.deferred = deferred
         self.placed = None  # (term, index) the leader reported, or None
-        self.timer = None
+        self.deadline = None
         self.retry = None
+        self.submissions = 0
+        self.queued = False  # waiting in the admission queue, never submitted
 
 
 class Proposals(RaftObserver):
@@ -61,6 +90,19 @@ class Proposals(RaftObserver):
         self._next_seq = 1
         self._pending = {}  # seq -> _Pending
         self._placed = {}  # index -> seq, for pending commands the leader has placed
+        # (deadline, seq) of pending appends, a min-heap; entries of appends
+        # already finished are dropped lazily.  One timer serves them all, so
+        # an append costs no DelayedCall of its own.
+        self._deadlines = []
+        self._expiry_call = None
+        # Work per reactor turn is bounded (config.turn_budget): appends
+        # beyond it fail with Busy, and retries wait in a queue for later turns.
+        self._turn_start = None
+        self._turn_call = None
+        self._resubmit = deque()
+        self._drain_call = None
+        self._waiting = deque()  # the admission queue: appends not submitted yet
+        self._admit_call = None
 
     def append(self, command, timeout=None):
         """
@@ -70,22 +112,130 @@ class Proposals(RaftObserver):
         :param float timeout: seconds to wait (default ``config.request_timeout``).
         :returns: a Deferred; see :meth:`txraft.member.Raft.append`.
         """
+        waits = bool(self._waiting) or self._over_budget() or self.core.refusal(len(command)) is not None
+        if waits and len(self._waiting) >= self.config.max_queued_appends:
+            self.core.busy_refusals += 1
+            return defer.fail(errors.Busy(_QUEUE_FULL, retry_after=self.config.heartbeat))
         seq, self._next_seq = self._next_seq, self._next_seq + 1
         d = defer.Deferred()
         pending = self._pending[seq] = _Pending(command, seq, d)
         limit = self.config.request_timeout if timeout is None else timeout
-        pending.timer = self.clock.callLater(limit, self._expire, pending)
-        self._submit(pending)
+        pending.deadline = self.clock.seconds() + limit
+        heapq.heappush(self._deadlines, (pending.deadline, seq))
+        self._arm_expiry()
+        if waits:
+            # The leader (this member) is full, or this turn has done its
+            # share: wait in the admission queue, in order, until commits
+            # make room (or the deadline passes).
+            pending.queued = True
+            self._waiting.append(pending)
+            self._admit_soon()
+        else:
+            self._submit(pending)
         return d
+
+    @property
+    def waiting(self):
+        """Appends waiting in the admission queue (not yet submitted)."""
+        return len(self._waiting)
+
+    def _admit_soon(self):
+        if self._admit_call is None and self._running:
+            self._admit_call = self.clock.callLater(0, self._admit)
+
+    def _admit(self):
+        """Submit queued appends while the leader admits them and this turn has budget left."""
+        self._admit_call = None
+        waiting = self._waiting
+        while waiting and self._running:
+            pending = waiting[0]
+            if pending.seq not in self._pending:
+                waiting.popleft()  # expired meanwhile
+                continue
+            if self._over_budget():
+                self._admit_soon()  # next turn
+                return
+            if self.core.refusal(len(pending.command)) is not None:
+                return  # applied_through() calls again once commits make room
+            waiting.popleft()
+            pending.queued = False
+            self._submit(pending)
+
+    def _over_budget(self):
+        """:returns: whether this reactor turn has spent its budget submitting commands."""
+        now = self.clock.seconds()
+        if self._turn_start is None:
+            self._turn_start = now
+            self._turn_call = self.clock.callLater(0, self._new_turn)
+            return False
+        return now - self._turn_start > self.config.turn_budget
+
+    def _new_turn(self):
+        self._turn_call = None
+        self._turn_start = None
+
+    def _drain(self):
+        """Submit queued retries until this turn's budget is spent; the rest wait for the next turn."""
+        self._drain_call = None
+        queue = self._resubmit
+        while queue and self._running:
+            if self._over_budget():
+                self._drain_call = self.clock.callLater(0, self._drain)
+                return
+            pending = queue.popleft()
+            if pending.retry is _QUEUED:
+                pending.retry = None
+                self._submit(pending)
+
+    def _arm_expiry(self):
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self._pending) + 64:
+            # Mostly finished appends: keep only the waiting ones.
+            deadlines[:] = [(p.deadline, p.seq) for p in self._pending.values()]
+            heapq.heapify(deadlines)
+        if not deadlines:
+            return
+        call = self._expiry_call
+        due = deadlines[0][0]
+        if call is not None:
+            if call.getTime() <= due:
+                return
+            call.cancel()
+        self._expiry_call = self.clock.callLater(max(due - self.clock.seconds(), 0), self._expire_due)
+
+    def _expire_due(self):
+        self._expiry_call = None
+        now = self.clock.seconds()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            if self._over_budget():
+                # Thousands may expire at once: fail the rest in later turns.
+                self._expiry_call = self.clock.callLater(0, self._expire_due)
+                return
+            _, seq = heapq.heappop(deadlines)
+            pending = self._pending.get(seq)
+            if pending is not None:
+                self._expire(pending)
+        if self._running:
+            self._arm_expiry()
 
     def stop(self, error):
         """Fail every waiting append with ``error``; submit nothing more."""
         self._running = False
+        for call in (self._expiry_call, self._turn_call, self._drain_call, self._admit_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiry_call = self._turn_call = self._drain_call = self._admit_call = None
+        self._resubmit.clear()
+        self._waiting.clear()
+        self._deadlines = []
         for pending in list(self._pending.values()):
             self._finish(pending, error)
 
     def _request_id(self, pending):
-        return m.RequestId(self.session, pending.seq, min(self._pending, default=pending.seq))
+        # Sequence numbers are handed out in increasing order and the dict
+        # keeps insertion order, so its first key is the lowest one pending.
+        return m.RequestId(self.session, pending.seq, next(iter(self._pending), pending.seq))
 
     def _submit(self, pending):
         if pending.seq not in self._pending or not self._running:
@@ -93,13 +243,25 @@ class Proposals(RaftObserver):
         self._forget_placement(pending)
         if not self.core.leader:
             return  # with no leader known, wait for leader_changed
+        pending.submissions += 1
         d = self.core.propose(pending.command, self._request_id(pending))
         d.addCallbacks(lambda placed: self._placed_at(pending, *placed),
-                       lambda failure: self._refused_or_retry(pending, failure))
+                       lambda failure: self._refused(pending, failure))
 
-    def _refused_or_retry(self, pending, failure):
+    def _refused(self, pending, failure):
         if failure.check(errors.InvalidRequest):
             # The leader refused the command itself (too large): trying again cannot help.
+            self._finish(pending, failure.value)
+        elif failure.check(errors.Busy) and pending.submissions == 1 and self.core.leader == self.core.id:
+            # This member leads and its bounds filled up since admission was
+            # checked: wait at the head of the admission queue instead.
+            pending.submissions = 0
+            pending.queued = True
+            self._waiting.appendleft(pending)
+            self._admit_soon()
+        elif failure.check(errors.Busy) and pending.submissions == 1:
+            # The leader stored nothing and no earlier copy exists: the caller
+            # may retry later (or elsewhere) without any risk of a duplicate.
             self._finish(pending, failure.value)
         else:
             self._retry_later(pending, failure)
@@ -130,13 +292,20 @@ class Proposals(RaftObserver):
                            error=failure.getErrorMessage())
 
         def retry():
-            pending.retry = None
-            self._submit(pending)
+            pending.retry = _QUEUED
+            self._resubmit.append(pending)
+            if self._drain_call is None:
+                self._drain_call = self.clock.callLater(0, self._drain)
 
         pending.retry = self.clock.callLater(self.config.heartbeat, retry)
 
     def _expire(self, pending):
-        pending.timer = None
+        if pending.queued:
+            # Never left the admission queue: nothing was stored.
+            self._finish(pending, errors.Busy(
+                "append() waited its whole timeout in the admission queue of a busy leader; "
+                "nothing was stored", retry_after=self.config.heartbeat))
+            return
         if not self.core.leader:
             error = errors.NoQuorum(
                 "append() timed out with no leader known to this member; "
@@ -149,10 +318,9 @@ class Proposals(RaftObserver):
         if self._pending.pop(pending.seq, None) is None:
             return
         self._forget_placement(pending)
-        for call in (pending.timer, pending.retry):
-            if call is not None and call.active():
-                call.cancel()
-        pending.timer = pending.retry = None
+        if pending.retry is not None and pending.retry.active():
+            pending.retry.cancel()
+        pending.retry = None
         if isinstance(outcome, Exception):
             pending.deferred.errback(outcome)
         else:
@@ -178,9 +346,15 @@ class Proposals(RaftObserver):
             pending.placed = None
             self._retry_later(pending, None)
 
+    def applied_through(self, index):
+        if self._waiting:
+            self._admit_soon()  # commits made room
+
     def leader_changed(self, leader, term):
         if not leader:
             return
+        if self._waiting:
+            self._admit_soon()
         # A new leader may not hold what the old one placed, and nothing may
         # ever be written at that index again to tell us so.  Submit every
         # waiting command again: the session table applies each at most once.

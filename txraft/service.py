@@ -28,6 +28,7 @@ fits in any Twisted application::
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -162,6 +163,9 @@ class RaftService(service.MultiService):
     :param max_command_size: the largest command (and request body) the HTTP
         API accepts; by default ``config.max_command_bytes``, the limit the
         leader applies to every command.
+    :param tune_gc: once the member runs, call :func:`tune_garbage_collector`
+        (``twistd raft`` does; it changes the whole process's collector, so
+        embedding applications decide for themselves).
     :param credentials: the member's :class:`~txraft.transport.tls.TLSCredentials`,
         already loaded (``twistd raft`` loads them while checking its
         options); by default they are loaded from ``config`` once, at start.
@@ -187,8 +191,9 @@ class RaftService(service.MultiService):
 
     def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
                  transport=None, api=None, exit_on_failure=False, max_command_size=None,
-                 credentials=None, http_limits=HTTP_LIMITS, warnings=()):
+                 credentials=None, http_limits=HTTP_LIMITS, warnings=(), tune_gc=False):
         super().__init__()
+        self.tune_gc = tune_gc
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
         if reactor is None:
@@ -261,9 +266,13 @@ class RaftService(service.MultiService):
         await self.raft.start()
         if self.http is not None:
             await self._listen_http()
+        if self.metrics is not None:
+            self.metrics.watch_reactor()
 
     def _started(self, _):
         self._starting = None
+        if self.tune_gc:
+            tune_garbage_collector()
         c = self.config
         self.log.info(
             "txraft member {member} running; members {members}; log {log_dir} (fsync {fsync}); heartbeat {heartbeat} s, "
@@ -341,6 +350,8 @@ class RaftService(service.MultiService):
         if self._site is not None:
             site, self._site = self._site, None
             await site.close_connections()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.raft is not None:
             await self.raft.stop()
         await defer.maybeDeferred(super_stop)
@@ -360,6 +371,26 @@ class RaftService(service.MultiService):
         if credentials is None:
             self.log.warn("HTTP API on {host}:{port} is INSECURE: plain HTTP, clients are not authenticated",
                           host=host, port=self.http_address[1])
+
+
+#: Collector thresholds for a busy member: young collections every 50,000
+#: allocations instead of 700, full ones 100 young-ish rounds apart instead of 10.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_garbage_collector():
+    """
+    Make the cyclic garbage collector's pauses rare: freeze the objects made
+    so far (start-up: modules, the member) out of its reach and raise its
+    thresholds to :data:`GC_THRESHOLDS`.  Under load a member holds many
+    objects (pending appends, their Deferreds), and with the default
+    thresholds a full collection of them blocked the reactor for 100-540 ms
+    about once a second, long enough to cost leaderships
+    (``docs/performance.md``).  Objects are still freed at once when their
+    last reference goes; only reference cycles wait longer.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _key_value_api(svc):

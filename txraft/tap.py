@@ -357,6 +357,7 @@ def makeService(options):
         http=options["http_address"],
         client_acl=options["client_acl_names"],
         exit_on_failure=True,
+        tune_gc=True,
         # Loaded once, while the options were checked; the member transport
         # and the HTTPS API share them.
         credentials=options["credentials"],

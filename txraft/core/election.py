@@ -33,12 +33,14 @@ class Election:
 
     _election_call = None
     _exhaustion_logged = None  # the term whose exhaustion was logged
+    _election_due = None  # clock time the election timer is due; None once it has fired
 
     # -- the timer -------------------------------------------------------------
 
     def _reset_election_timer(self):
         self._cancel_election_timer()
         delay = self.config.election_base + self.rng.uniform(0, self.config.heartbeat)
+        self._election_due = self.clock.seconds() + delay
         self._election_call = self.clock.callLater(delay, self._on_election_timeout)
 
     def _cancel_election_timer(self):
@@ -48,8 +50,17 @@ class Election:
 
     def _on_election_timeout(self):
         self._election_call = None
-        if self.state.campaigns:
-            self._start_pre_vote()
+        if not self.state.campaigns:
+            return
+        due, self._election_due = self._election_due, None
+        if due is not None and self.clock.seconds() - due > self.config.heartbeat / 2:
+            # The timer fired late: this process stalled, and the leader's
+            # heartbeats may be waiting, unread, in our sockets (a reactor
+            # runs due timers before it reads).  Read them first: wait one
+            # turn (once); a message from the leader meanwhile resets the timer.
+            self._election_call = self.clock.callLater(0, self._on_election_timeout)
+            return
+        self._start_pre_vote()
 
     def start_election(self):
         """

@@ -217,6 +217,9 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
             return
         self._enter(Stopped(), errors.Stopped(f"member {self.id} stopped"))
         self._cancel_election_timer()
+        if self._apply_call is not None and self._apply_call.active():
+            self._apply_call.cancel()
+        self._apply_call = None
         self._drop_incoming()
 
     def _fail(self, reason):
@@ -388,14 +391,34 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         self.commit_index = index
         self._apply_committed()
 
+    _apply_call = None  # the next turn's share of applying, when one turn was not enough
+
     def _apply_committed(self):
+        """
+        Apply committed entries for at most ``config.turn_budget`` seconds,
+        then leave the rest to the next reactor turn, so that heartbeats and
+        replies are never stuck behind a long apply.
+        """
+        if self._apply_call is not None:
+            return  # the next turn carries on
+        clock = self.clock
+        deadline = clock.seconds() + self.config.turn_budget
         while self.applied_index < self.commit_index and self.role is not Role.STOPPED:
             low = self.applied_index + 1
-            batch = self.storage.entries(low, self.commit_index + 1, 1024 * 1024)
-            for entry in batch:
+            for entry in self.storage.entries(low, min(self.commit_index, low + 255) + 1, 1024 * 1024):
                 self._apply(entry)
+                if clock.seconds() >= deadline:
+                    break
+            if clock.seconds() >= deadline and self.applied_index < self.commit_index:
+                self._apply_call = clock.callLater(0, self._apply_more)
+                break
         self.observers.applied_through(self.applied_index)
         self._maybe_snapshot()
+
+    def _apply_more(self):
+        self._apply_call = None
+        if self.role is not Role.STOPPED:
+            self._apply_committed()
 
     def _apply(self, entry):
         self.applied_index = entry.index

@@ -39,6 +39,9 @@ def committable(matches, term, storage):
 class Replication:
     """The replication half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
+    #: Commands refused with :class:`~txraft.errors.Busy` by this member as leader.
+    busy_refusals = 0
+
     def progress_of(self, peer):
         """
         :returns: what this member, as leader, knows of ``peer``'s log (a
@@ -63,13 +66,18 @@ class Replication:
             the one asked no longer leads.
         :raises CommandTooLarge: (through the Deferred) when ``command`` is over
             ``config.max_command_bytes``; the leader checks again.
+        :raises Busy: (through the Deferred) when the leader holds as much
+            uncommitted work as it may (nothing was stored).
         """
         try:
             self._check_command(command)
         except errors.InvalidRequest:
             return defer.fail()
         if self._role_of_term(Leader, self.term) is not None:
-            return defer.succeed(self._place(command, request_id))
+            try:
+                return defer.succeed(self._place(command, request_id))
+            except errors.Busy as busy:
+                return defer.fail(busy)
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
@@ -80,20 +88,69 @@ class Replication:
         if len(command) > limit:
             raise errors.CommandTooLarge(f"command of {len(command)} bytes is above the limit of {limit}")
 
+    def uncommitted(self):
+        """:returns: ``(entries, bytes)`` of commands this leader placed and has not committed; ``(0, 0)`` off lead."""
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None:
+            return 0, 0
+        return len(leader.uncommitted), leader.uncommitted_bytes
+
+    def refusal(self, size):
+        """
+        Backpressure (etcd's ``MaxUncommittedEntriesSize``): whether this
+        leader must refuse a command of ``size`` bytes now, because it already
+        holds the configured uncommitted entries or bytes, or has spent
+        ``config.turn_budget`` seconds of this reactor turn placing commands.
+        A command is always admitted when nothing is uncommitted, however
+        large.  Nothing to check off lead: the leader checks forwarded
+        commands itself.
+
+        :returns: the :class:`~txraft.errors.Busy` to fail it with, or ``None``.
+        """
+        leader = self._role_of_term(Leader, self.term)
+        if leader is None or not leader.uncommitted:
+            return None
+        config = self.config
+        if (len(leader.uncommitted) >= config.max_uncommitted_entries
+                or leader.uncommitted_bytes + size > config.max_uncommitted_bytes):
+            return errors.Busy(
+                f"the leader holds {len(leader.uncommitted)} uncommitted commands "
+                f"({leader.uncommitted_bytes} bytes), its limit; retry later",
+                retry_after=config.heartbeat)
+        if leader.turn_start is not None and self.clock.seconds() - leader.turn_start > config.turn_budget:
+            # This reactor turn has placed commands for its whole budget: a
+            # longer turn would delay heartbeats (and so cost the leadership).
+            return errors.Busy("the leader has placed as many commands as it may in one turn; retry later",
+                               retry_after=config.heartbeat)
+        return None
+
+    def check_admission(self, size):
+        """:raises Busy: when :meth:`refusal` says so (and counts the refusal)."""
+        busy = self.refusal(size)
+        if busy is not None:
+            self.busy_refusals += 1
+            raise busy
+
     def _place(self, command, request_id):
         """
         Append a command to the leader's log, the one place where every
         command enters it (``append()`` here, a follower's ForwardAppend).
 
         :returns: ``(term, index)``.
-        :raises NotLeader:
+        :raises NotLeader: off lead.
         :raises CommandTooLarge: when ``command`` is over ``config.max_command_bytes``.
+        :raises Busy: beyond the uncommitted bounds (nothing stored).
         """
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
         self._check_command(command)
+        self.check_admission(len(command))
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
+        leader.uncommitted.append((entry.index, len(command)))
+        leader.uncommitted_bytes += len(command)
+        if leader.turn_start is None:
+            leader.turn_start = self.clock.seconds()
         self._append_own(leader, [entry])
         return entry.term, entry.index
 
@@ -110,6 +167,7 @@ class Replication:
         matches = [leader.own_durable] + [p.match_index for p in leader.progress.values()]
         index = committable(matches, leader.term, self.storage)
         if index > self.commit_index:
+            leader.release_committed(index)
             self._advance_commit(index)
             self._schedule_broadcast(leader, commit=True)
             self._check_reads(leader)
@@ -129,6 +187,7 @@ class Replication:
 
     def _broadcast(self, leader):
         leader.broadcast_call = None
+        leader.turn_start = None
         commit, leader.commit_news = leader.commit_news, False
         if self.state is not leader:
             return

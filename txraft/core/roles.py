@@ -17,6 +17,7 @@ than spelled as ``if role == ...`` in the core.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Dict, Optional, Tuple
 
 from txraft.core.progress import Progress
@@ -119,10 +120,16 @@ class Leader(_RoleState):
     :ivar reads: :class:`~txraft.core.waiters.Waiters` for rounds a quorum has
         yet to confirm.
     :ivar read_call: the end-of-turn leadership check scheduled, or ``None``.
+    :ivar uncommitted: ``(index, bytes)`` of each command placed in this term
+        and not yet committed, oldest first (backpressure).
+    :ivar uncommitted_bytes: the sum of their sizes.
+    :ivar turn_start: clock time the first command of this reactor turn was
+        placed, or ``None`` (no command placed since the last broadcast).
     """
 
     __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
-                 "round", "sent_rounds", "reads", "read_call")
+                 "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes",
+                 "turn_start")
     role = Role.LEADER
 
     def __init__(self, term: int, progress: Dict[str, Progress]) -> None:
@@ -136,6 +143,15 @@ class Leader(_RoleState):
         self.sent_rounds: Dict[int, Tuple[Any, int]] = {}
         self.reads = Waiters()
         self.read_call = None
+        self.uncommitted = deque()
+        self.uncommitted_bytes = 0
+        self.turn_start = None
+
+    def release_committed(self, commit_index):
+        """Forget the uncommitted commands up to ``commit_index``."""
+        uncommitted = self.uncommitted
+        while uncommitted and uncommitted[0][0] <= commit_index:
+            self.uncommitted_bytes -= uncommitted.popleft()[1]
 
     def heard_from_leader_within(self, now: float, window: float) -> bool:
         return True

@@ -10,19 +10,33 @@ snapshots so that the decision survives log compaction.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Dict, List, Set
 
 from txraft.messages import RequestId
 
 
 class _Session:
-    __slots__ = ("floor", "seen", "last_index")
+    __slots__ = ("floor", "seen", "order", "last_index")
 
     def __init__(self) -> None:
-        # Every seq <= floor counts as seen; seen holds the ones above it.
+        # Every seq <= floor counts as seen; seen holds the ones above it,
+        # order the same as a min-heap, so raising the floor costs only the
+        # numbers it passes (not a scan of all of seen on every entry).
         self.floor = 0
         self.seen: Set[int] = set()
+        self.order: List[int] = []
         self.last_index = 0
+
+    def raise_floor(self, floor):
+        self.floor = floor
+        order, seen = self.order, self.seen
+        while order and order[0] <= floor:
+            seen.discard(heapq.heappop(order))
+
+    def add(self, seq):
+        self.seen.add(seq)
+        heapq.heappush(self.order, seq)
 
 
 class SessionTable:
@@ -56,11 +70,10 @@ class SessionTable:
         session.last_index = index
         # The caller no longer waits on anything below lowest_pending.
         if request_id.lowest_pending - 1 > session.floor:
-            session.floor = request_id.lowest_pending - 1
-            session.seen = {s for s in session.seen if s > session.floor}
+            session.raise_floor(request_id.lowest_pending - 1)
         if request_id.seq <= session.floor or request_id.seq in session.seen:
             return False
-        session.seen.add(request_id.seq)
+        session.add(request_id.seq)
         return True
 
     def applied(self, request_id: RequestId) -> bool:
@@ -88,6 +101,7 @@ class SessionTable:
             key, floor, seen, last_index = item
             session = _Session()
             session.floor, session.seen, session.last_index = int(floor), set(seen), int(last_index)
+            session.order = sorted(session.seen)  # a sorted list is a heap
             table._sessions[str(key)] = session
         return table
 

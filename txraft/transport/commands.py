@@ -33,6 +33,7 @@ ERRORS = {
     e.NotLeader: b"NOT_LEADER",
     e.Unauthorized: b"UNAUTHORIZED",
     e.TransportError: b"TRANSPORT_ERROR",
+    e.Busy: b"BUSY",
     e.Stopped: b"STOPPED",
     e.NoQuorum: b"NO_QUORUM",
     e.Timeout: b"TIMEOUT",
