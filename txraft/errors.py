@@ -69,6 +69,25 @@ class InvalidRequest(RaftError):
     entries that do not follow ``prev_index``, and the like).  Nothing was stored."""
 
 
+class MembershipError(RaftError):
+    """
+    A membership change or leadership transfer was refused; nothing changed.
+    The message says why (the member is already present, it would remove the
+    last voter, the learner has not caught up, ...).
+    """
+
+
+class UnknownMember(MembershipError):
+    """The member named is not part of the cluster's configuration."""
+
+
+class ChangeInProgress(MembershipError):
+    """
+    Another membership change (or a leadership transfer) is under way, or the
+    leader has not yet committed an entry of its own term: retry later.
+    """
+
+
 class ConfigurationError(RaftError):
     """The configuration is invalid; the message names the setting."""
 

@@ -285,7 +285,9 @@ class RaftService(service.MultiService):
             site, self._site = self._site, None
             await site.close_connections()
         if self.raft is not None:
-            await self.raft.stop()
+            # A leader hands over first (twistd's SIGTERM lands here), so a
+            # rolling restart costs a transfer, not an election timeout.
+            await self.raft.stop(transfer=True)
         await defer.maybeDeferred(super_stop)
 
     # -- the HTTP API -------------------------------------------------------------

@@ -5,7 +5,9 @@ them.
 Implements Raft paper sections 5.2 (leader election) and 5.4.1 (election
 restriction: votes only for an up-to-date log), and from Ongaro's
 dissertation section 9.6 (pre-vote) and the "disruptive servers" rule of the
-paper's section 6 (leader stickiness).  Part of :class:`~txraft.core.raft.RaftCore`.
+paper's section 6 (leader stickiness).  Only voters of the configuration in
+effect stand, are asked, and count (dissertation chapter 4): a learner or a
+removed member never campaigns.  Part of :class:`~txraft.core.raft.RaftCore`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Election:
 
     def _on_election_timeout(self):
         self._election_call = None
-        if self.state.campaigns:
+        if self.state.campaigns and self.configuration.is_voter(self.id):
             self._start_pre_vote()
 
     def start_election(self):
@@ -59,6 +61,8 @@ class Election:
         """
         if self.state.role is m.Role.STOPPED:
             raise errors.Stopped(f"member {self.id} is stopped")
+        if not self.configuration.is_voter(self.id):
+            raise errors.MembershipError(f"member {self.id} is not a voter; it cannot stand for election")
         self._become_candidate(disrupt=True)
 
     # -- pre-vote (dissertation 9.6) ----------------------------------------------
@@ -72,12 +76,12 @@ class Election:
         self._set_leader("")
         self._reset_election_timer()
         round_ = self.state.pre_vote = PreVote(self.term + 1, self.id)
-        if len(round_.granted) >= self.quorum:
+        if self.configuration.has_majority(round_.granted):
             self._become_candidate(disrupt=False)
             return
         request = m.RequestVote(round_.term, self.id, self.storage.last_index,
                                 self.storage.term_at(self.storage.last_index), pre_vote=True)
-        for peer in self.peers:
+        for peer in self._voting_peers():
             self._send(peer, request)
 
     def _on_pre_vote_reply(self, peer, request, reply):
@@ -86,7 +90,7 @@ class Election:
             return
         if reply.granted:
             state.pre_vote.granted.add(peer)
-            if len(state.pre_vote.granted) >= self.quorum:
+            if self.configuration.has_majority(state.pre_vote.granted):
                 self._become_candidate(disrupt=False)
         elif reply.term > self.term:
             # A newer term exists; following it cannot hurt anyone.
@@ -110,10 +114,10 @@ class Election:
     def _ask_for_votes(self, candidate, request):
         if self.state is not candidate:
             return
-        if len(candidate.votes) >= self.quorum:
+        if self.configuration.has_majority(candidate.votes):
             self._become_leader()
             return
-        for peer in self.peers:
+        for peer in self._voting_peers():
             self._send(peer, request)
 
     def _on_vote_reply(self, peer, request, reply):
@@ -124,7 +128,7 @@ class Election:
         if candidate is None or not reply.granted:
             return
         candidate.votes.add(peer)
-        if len(candidate.votes) >= self.quorum:
+        if self.configuration.has_majority(candidate.votes):
             self._become_leader()
 
     def _on_vote_reply_or_pre_vote(self, peer, request, reply):

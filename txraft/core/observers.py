@@ -37,6 +37,9 @@ class RaftObserver:
     def snapshot_taken(self, meta):
         pass
 
+    def configuration_changed(self, configuration):
+        pass
+
 
 class ClientObserver(RaftObserver):
     """
@@ -54,7 +57,8 @@ class ClientObserver(RaftObserver):
         self.client.leader_changed(self.me, leader)
 
 
-_EVENTS = ("applied", "applied_through", "leader_changed", "restored", "snapshot_taken")
+_EVENTS = ("applied", "applied_through", "leader_changed", "restored", "snapshot_taken",
+           "configuration_changed")
 
 
 @implementer(IRaftObserver)
@@ -114,3 +118,6 @@ class Observers:
 
     def snapshot_taken(self, meta):
         self._each("snapshot_taken", meta)
+
+    def configuration_changed(self, configuration):
+        self._each("configuration_changed", configuration)

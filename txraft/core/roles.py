@@ -17,6 +17,7 @@ than spelled as ``if role == ...`` in the core.
 
 from __future__ import annotations
 
+from txraft import errors
 from txraft.core.waiters import Waiters
 from txraft.messages import Role
 
@@ -116,10 +117,13 @@ class Leader(_RoleState):
     :ivar reads: :class:`~txraft.core.waiters.Waiters` for rounds a quorum has
         yet to confirm.
     :ivar read_call: the end-of-turn leadership check scheduled, or ``None``.
+    :ivar transfer: the leadership transfer under way
+        (:class:`~txraft.core.transfer.Transfer`), or ``None``; while there
+        is one the leader accepts no new command.
     """
 
     __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
-                 "round", "sent_rounds", "reads", "read_call")
+                 "round", "sent_rounds", "reads", "read_call", "transfer")
     role = Role.LEADER
 
     def __init__(self, term, progress):
@@ -133,6 +137,7 @@ class Leader(_RoleState):
         self.sent_rounds = {}
         self.reads = Waiters()
         self.read_call = None
+        self.transfer = None
 
     def heard_from_leader_within(self, now, window):
         return True
@@ -148,6 +153,10 @@ class Leader(_RoleState):
             progress.close_snapshot()
         self.sent_rounds = {}
         self.reads.fail(error)
+        transfer, self.transfer = self.transfer, None
+        if transfer is not None:
+            # Leadership left: what the transfer wanted, unless the member stopped.
+            transfer.finish(error if isinstance(error, errors.Stopped) else None)
 
 
 class Stopped(_RoleState):

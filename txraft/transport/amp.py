@@ -266,6 +266,18 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def _read_index(self, **kw):
         return self._serve(commands.ReadIndex, kw)
 
+    @commands.TimeoutNow.responder
+    def _timeout_now(self, **kw):
+        return self._serve(commands.TimeoutNow, kw)
+
+    @commands.ChangeMembers.responder
+    def _change_members(self, **kw):
+        return self._serve(commands.ChangeMembers, kw)
+
+    @commands.TransferLeadership.responder
+    def _transfer_leadership(self, **kw):
+        return self._serve(commands.TransferLeadership, kw)
+
     @commands.Fragment.responder
     def _fragment(self, blob, data, offset=None, discard=False):
         if discard:
