@@ -88,6 +88,10 @@ class ChangeInProgress(MembershipError):
     """
 
 
+class LeaderNotReady(ChangeInProgress):
+    """The leader has not yet committed an entry of its own term; a change may follow in moments."""
+
+
 class ConfigurationError(RaftError):
     """The configuration is invalid; the message names the setting."""
 

@@ -106,6 +106,7 @@ class Raft:
         self._members = [self.id]
         self._names = dict(config.peer_names or {})
         self._joining = bool(config.join)
+        self._contacts = tuple(config.join)
         self._join_call = None
         self._transport = transport
         self._storage = storage
@@ -151,6 +152,25 @@ class Raft:
             return None
         return self._change("add", member_id, name or "", bool(voter))
 
+    def join(self, contacts=None):
+        """
+        Before :meth:`start`: start with no configuration of its own and wait
+        to be added to a running cluster (a log that already holds a
+        configuration wins).  With ``contacts`` (``HOST:PORT`` of members)
+        the member asks them, in turn, to add it, as ``twistd raft --join``
+        does; otherwise an operator adds it (:meth:`add_member` elsewhere).
+
+        :raises RaftError: after start.
+        """
+        if self._state != "new":
+            raise errors.RaftError("join() must be called before start()")
+        if contacts is not None:
+            contacts = tuple(contacts)
+            for contact in contacts:
+                parse_host_port(contact, "join")
+            self._contacts = contacts
+        self._joining = True
+
     def remove_member(self, member_id):
         """
         Remove ``member_id`` from the cluster (after :meth:`start`).  A leader
@@ -178,11 +198,25 @@ class Raft:
             raise TypeError(f"member id must be a non-empty str, got {member_id!r}")
         if self._state != "running":
             return defer.fail(errors.Stopped(f"member {self.id} is not running"))
-        core = self.core
-        d = core.change_members(action, member_id, name, voter)
-        d.addCallback(lambda placed: core.wait_for_change(*placed))
+        d = defer.ensureDeferred(self._change_when_ready(action, member_id, name, voter))
         d.addTimeout(self.config.request_timeout, self.reactor, self._change_timed_out)
         return d
+
+    async def _change_when_ready(self, action, member_id, name, voter):
+        while True:
+            try:
+                placed = await self.core.change_members(action, member_id, name, voter)
+                break
+            except defer.TimeoutError:
+                raise errors.Timeout(f"the leader did not answer the {action} request in time; "
+                                     "it may still take effect") from None
+            except (errors.LeaderNotReady, errors.NotLeader) as e:
+                # Nothing was proposed: a leader that has just been elected,
+                # or none known yet.  Ask again in a moment.
+                if isinstance(e, errors.NotLeader) and e.leader or self._state != "running":
+                    raise
+                await self._sleep(self.config.heartbeat)
+        return await self.core.wait_for_change(*placed)
 
     @staticmethod
     def _change_timed_out(result, timeout):
@@ -207,7 +241,10 @@ class Raft:
             return defer.fail(errors.Stopped(f"member {self.id} is not running"))
         deadline = self.reactor.seconds() + 2 * self.config.election_base + self.config.rpc_timeout
         before = self.core.term
-        return self.core.transfer_leadership(to).addCallback(self._await_new_leader, before, deadline)
+        d = self.core.transfer_leadership(to)
+        d.addErrback(lambda f: f.trap(defer.TimeoutError) and defer.fail(errors.Timeout(
+            "the leader did not answer the transfer request in time")))
+        return d.addCallback(self._await_new_leader, before, deadline)
 
     @defer.inlineCallbacks
     def _await_new_leader(self, target, term, deadline):
@@ -284,7 +321,7 @@ class Raft:
         self.core.add_observer(self._applied_waiters)
         self.core.start()
         self._state = "running"
-        if self._joining and self.config.join and self.id not in self.core.members:
+        if self._joining and self._contacts and self.id not in self.core.members:
             self._ask_to_join(0)
 
     def _ask_to_join(self, attempt):
@@ -292,7 +329,7 @@ class Raft:
         self._join_call = None
         if self._state != "running" or self.id in self.core.members:
             return
-        contact = self.config.join[attempt % len(self.config.join)]
+        contact = self._contacts[attempt % len(self._contacts)]
         request = m.ChangeMembers("add", self.id, self.config.name, True)
         d = self._transport.send(contact, request)
         d.addTimeout(self.config.rpc_timeout, self.reactor)

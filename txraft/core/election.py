@@ -144,6 +144,10 @@ class Election:
 
     def _handle_request_vote(self, req):
         self._check_sender(req.candidate, "candidate")
+        # Votes are granted whatever this member's own configuration says:
+        # a member promoted by an entry it has not received yet must still be
+        # able to vote (dissertation 4.1), and candidates neither ask nor
+        # count members that are not voters in their configuration.
         if req.term < self.term:
             return m.RequestVoteReply(self.term, False)
         if req.pre_vote:

@@ -208,7 +208,7 @@ class Reconfiguration:
             # Dissertation 4.1, the fix to single-server changes: a leader
             # must first commit an entry of its term, or a change of an
             # earlier leader that it never saw could be overruled.
-            raise errors.ChangeInProgress("the leader has not committed an entry of its term yet")
+            raise errors.LeaderNotReady("the leader has not committed an entry of its term yet")
         if self.change_in_flight():
             raise errors.ChangeInProgress(
                 f"a membership change is in progress ({self.configuration.describe()})")

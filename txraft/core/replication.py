@@ -69,7 +69,10 @@ class Replication:
             the one asked no longer leads.
         """
         if self._role_of_term(Leader, self.term) is not None:
-            return defer.succeed(self._place(command, request_id))
+            try:
+                return defer.succeed(self._place(command, request_id))
+            except errors.NotLeader:
+                return defer.fail()
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
@@ -236,18 +239,21 @@ class Replication:
         if request.entries:
             progress.inflight = max(0, progress.inflight - 1)
         if reply.success:
-            if reply.match_index > progress.match_index:
+            matched = reply.match_index > progress.match_index
+            if matched:
                 progress.match_index = reply.match_index
                 self._maybe_commit(leader)
-                if self.state is not leader:
-                    return
-                self._send_timeout_now_if_ready(leader)
-                self._reconfigure_after_commit(leader)
                 if self.state is not leader:
                     return
             if progress.probing and request.entries:
                 progress.probing = False
             progress.next_index = max(progress.next_index, progress.match_index + 1)
+            if matched:
+                # A transfer waiting for this log, or a learner that caught up.
+                self._send_timeout_now_if_ready(leader)
+                self._reconfigure_after_commit(leader)
+                if self.state is not leader:
+                    return
         elif request.prev_index >= progress.match_index:
             if reply.conflict_index and reply.conflict_index <= progress.match_index:
                 # The follower no longer holds entries it acknowledged: its

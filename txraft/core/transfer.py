@@ -73,7 +73,8 @@ class LeadershipTransfer:
         return d.addCallback(lambda reply: reply.to)
 
     def _handle_transfer_leadership(self, req):
-        target, _ = self._start_transfer(req.to or None)
+        target, d = self._start_transfer(req.to or None)
+        d.addErrback(lambda _: None)  # the asking member watches for the new leader itself
         return m.TransferLeadershipReply(target)
 
     def _choose_successor(self, leader, to):

@@ -4,7 +4,11 @@ The Raft safety properties (paper Figure 3), checked on a live simulation.
 :class:`SafetyChecker` looks at every member after every step and raises
 :class:`SafetyViolation` the moment one property fails:
 
-- election safety: at most one leader per term;
+- election safety: at most one leader per term, whatever configurations
+  the members hold;
+- learners never stand nor lead: only voters of their own configuration
+  become candidates or leaders; and a leader won with votes that form a
+  majority of its configuration's voters (learners' votes do not count);
 - log matching: two logs holding an entry with the same index and term hold
   the same entry there and the same entries before it;
 - leader completeness: a leader's log holds every committed entry;
@@ -59,11 +63,34 @@ class SafetyChecker:
                 continue
             self._signatures[member_id] = signature
             changed = True
+            self._check_voting(member_id, core, cluster)
             self._check_leader(member_id, core)
             self._record_commits(member_id, core)
             self._check_applied(member_id, client, core)
         if changed:
             self._check_log_matching(cluster)
+
+    def _check_voting(self, member_id, core, cluster):
+        configuration = core.configuration
+        if core.role is Role.CANDIDATE and not configuration.is_voter(member_id):
+            raise SafetyViolation(f"learners never stand: {member_id} campaigns in term {core.term} "
+                                  f"but is no voter of {configuration.describe()}")
+        if core.role is not Role.LEADER or (member_id, core.term) in self._leader_checked:
+            return
+        if not configuration.is_voter(member_id):
+            raise SafetyViolation(f"learners never lead: {member_id} leads term {core.term} "
+                                  f"but is no voter of {configuration.describe()}")
+        # Its votes: voters whose durable vote in this term is for it, and
+        # those already in a later term (their vote is no longer visible).
+        possible = set()
+        for voter in configuration.voters:
+            storage = cluster.storages.get(voter)
+            state = storage.hard_state if storage is not None else None
+            if state is not None and (state.term > core.term or (state.term, state.voted_for) == (core.term, member_id)):
+                possible.add(voter)
+        if not configuration.has_majority(possible):
+            raise SafetyViolation(f"only voters count: {member_id} leads term {core.term} without votes "
+                                  f"from a majority of {configuration.describe()} (voted: {sorted(possible)})")
 
     def _check_leader(self, member_id, core):
         if core.role is not Role.LEADER:
@@ -168,8 +195,11 @@ class SafetyChecker:
                     f"{ea} vs {eb}")
 
     def check_final(self, cluster):
-        """After the cluster has converged: every acknowledged command is applied everywhere."""
-        for member_id in cluster.running():
+        """
+        After the cluster has converged: every acknowledged command is applied
+        on every member of the configuration.
+        """
+        for member_id in cluster.in_configuration():
             client = cluster.clients[member_id]
             applied = getattr(client, "applied", {})
             for command, index in self.acknowledged.items():

@@ -30,6 +30,7 @@ from txraft.transport.arguments import wire_arguments
 ERRORS = {
     e.InvalidRequest: b"INVALID_REQUEST",
     e.UnknownMember: b"UNKNOWN_MEMBER",
+    e.LeaderNotReady: b"LEADER_NOT_READY",
     e.ChangeInProgress: b"CHANGE_IN_PROGRESS",
     e.MembershipError: b"MEMBERSHIP_ERROR",
     e.NotLeader: b"NOT_LEADER",
