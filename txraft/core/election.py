@@ -49,7 +49,7 @@ class Election:
 
     def _on_election_timeout(self):
         self._election_call = None
-        if self.state.campaigns and self.configuration.is_voter(self.id):
+        if self.state.campaigns and self.may_stand():
             self._start_pre_vote()
 
     def start_election(self):
@@ -61,7 +61,7 @@ class Election:
         """
         if self.state.role is m.Role.STOPPED:
             raise errors.Stopped(f"member {self.id} is stopped")
-        if not self.configuration.is_voter(self.id):
+        if not self.may_stand():
             raise errors.MembershipError(f"member {self.id} is not a voter; it cannot stand for election")
         self._become_candidate(disrupt=True)
 
@@ -156,7 +156,10 @@ class Election:
             granted = (candidate_is_up_to_date(req, self.storage) and free
                        and not self._heard_from_leader_recently())
             return m.RequestVoteReply(self.term, granted)
-        if req.term > self.term and not req.disrupt and self._heard_from_leader_recently():
+        # Only a member of our configuration may set stickiness aside: a
+        # removed member cannot depose the leader even by a forced election.
+        disrupt = req.disrupt and req.candidate in self.configuration.ids
+        if req.term > self.term and not disrupt and self._heard_from_leader_recently():
             # We heard from a live leader moments ago: a member that lost
             # contact must not depose it (Raft paper section 6, disruptive servers).
             return m.RequestVoteReply(self.term, False)

@@ -79,6 +79,22 @@ class Reconfiguration:
     def _voting_peers(self):
         return sorted(i for i in self.configuration.voters if i != self.id)
 
+    def may_stand(self):
+        """
+        :returns: whether this member may stand for election: it votes in
+            the configuration in effect or, while that one is not known to be
+            committed, in the one before it.  The second case keeps a cluster
+            live when a member holding an uncommitted configuration that
+            removes it has the most complete log, so that no other member
+            can win without it (the leader that proposed the change crashed).
+            Its votes are counted by the configuration in effect, so it is as
+            safe as any candidate; learners never stand.
+        """
+        if self.configuration.is_voter(self.id):
+            return True
+        return (self.configuration_index > self.commit_index
+                and self.configuration_at(self.configuration_index - 1).is_voter(self.id))
+
     def change_in_flight(self):
         """:returns: whether a configuration is uncommitted, or joint (a change is half done)."""
         return self.configuration.joint or self.configuration_index > self.commit_index
@@ -300,8 +316,7 @@ class Reconfiguration:
 
     def _caught_up(self, member_id):
         progress = self.progress_of(member_id)
-        return (progress is not None and progress.snapshot is None and not progress.probing
-                and progress.match_index >= self.commit_index)
+        return progress is not None and progress.snapshot is None and progress.match_index >= self.commit_index
 
     def _maybe_promote(self, leader):
         if self.change_in_flight() or leader.transfer is not None \

@@ -25,6 +25,10 @@ from __future__ import annotations
 from txraft.messages import Role
 
 
+def _groups(configuration):
+    return [configuration.members] + ([configuration.old] if configuration.old is not None else [])
+
+
 class SafetyViolation(AssertionError):
     """A Raft safety property failed; the message says which and where."""
 
@@ -71,25 +75,35 @@ class SafetyChecker:
             self._check_log_matching(cluster)
 
     def _check_voting(self, member_id, core, cluster):
+        # Voters and majorities are worked out here from the members' flags,
+        # not with the Configuration methods the core uses, so that a bug in
+        # those cannot hide itself.
         configuration = core.configuration
-        if core.role is Role.CANDIDATE and not configuration.is_voter(member_id):
+        voting_sets = [{x.id for x in group if x.voter} for group in _groups(configuration)]
+        # A member whose latest (uncommitted) configuration removed it may
+        # stand while it was a voter of the one before (see may_stand()).
+        was_voter = core.configuration_index > core.commit_index and any(
+            x.id == member_id and x.voter
+            for group in _groups(core.configuration_at(core.configuration_index - 1)) for x in group)
+        is_voter = any(member_id in voters for voters in voting_sets)
+        if core.role is Role.CANDIDATE and not is_voter and not was_voter:
             raise SafetyViolation(f"learners never stand: {member_id} campaigns in term {core.term} "
                                   f"but is no voter of {configuration.describe()}")
         if core.role is not Role.LEADER or (member_id, core.term) in self._leader_checked:
             return
-        if not configuration.is_voter(member_id):
+        if not is_voter and not was_voter:
             raise SafetyViolation(f"learners never lead: {member_id} leads term {core.term} "
                                   f"but is no voter of {configuration.describe()}")
         # Its votes: voters whose durable vote in this term is for it, and
         # those already in a later term (their vote is no longer visible).
         possible = set()
-        for voter in configuration.voters:
+        for voter in set().union(*voting_sets):
             storage = cluster.storages.get(voter)
             state = storage.hard_state if storage is not None else None
             if state is not None and (state.term > core.term or (state.term, state.voted_for) == (core.term, member_id)):
                 possible.add(voter)
-        if not configuration.has_majority(possible):
-            raise SafetyViolation(f"only voters count: {member_id} leads term {core.term} without votes "
+        if not all(len(voters & possible) > len(voters) // 2 for voters in voting_sets):
+            raise SafetyViolation(f"election safety (only voters count): {member_id} leads term {core.term} without votes "
                                   f"from a majority of {configuration.describe()} (voted: {sorted(possible)})")
 
     def _check_leader(self, member_id, core):

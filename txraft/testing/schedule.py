@@ -156,7 +156,7 @@ def _random_step(rng, cluster, checker, result, outcomes, timeouts, membership=T
         cluster.heal()
     elif roll < 0.75 and running:
         member_id = rng.choice(running)
-        if not cluster.members[member_id].core.configuration.is_voter(member_id):
+        if not cluster.members[member_id].core.may_stand():
             return  # learners and removed members never stand
         cluster.note(f"force election at {member_id}")
         cluster.members[member_id].start_election()
