@@ -239,21 +239,24 @@ class Raft:
             raise TypeError(f"to must be a member id or None, got {to!r}")
         if self._state != "running":
             return defer.fail(errors.Stopped(f"member {self.id} is not running"))
+        return self._transfer(to)
+
+    def _transfer(self, to):
         deadline = self.reactor.seconds() + 2 * self.config.election_base + self.config.rpc_timeout
-        before = self.core.term
+        before = self.core.leader
         d = self.core.transfer_leadership(to)
         d.addErrback(lambda f: f.trap(defer.TimeoutError) and defer.fail(errors.Timeout(
             "the leader did not answer the transfer request in time")))
         return d.addCallback(self._await_new_leader, before, deadline)
 
     @defer.inlineCallbacks
-    def _await_new_leader(self, target, term, deadline):
-        while self._state == "running":
+    def _await_new_leader(self, target, previous, deadline):
+        while self._state in ("running", "stopping") and self.core.role is not Role.STOPPED:
             leader = self.core.leader
-            if leader and leader != self.id:
+            if leader and (leader == target or leader != previous):
                 return leader
             if self.reactor.seconds() >= deadline:
-                raise errors.Timeout(f"no new leader seen within {deadline - self.reactor.seconds():.1f}s")
+                raise errors.Timeout(f"leadership went to {target}, but no new leader was seen in time")
             yield self._sleep(self.config.heartbeat / 4)
         raise errors.Stopped(f"member {self.id} stopped")
 
@@ -377,8 +380,7 @@ class Raft:
                 and len(self.core.configuration.voters) > 1:
             # Hand over first, so that a rolling restart loses (almost) no writes.
             try:
-                yield self.core.transfer_leadership(None).addTimeout(
-                    2 * self.config.election_base, self.reactor)
+                yield self._transfer(None)
             except Exception as e:
                 self.log.info("{member}: no leadership transfer before stopping: {error}",
                               member=self.id, error=e)

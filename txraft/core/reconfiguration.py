@@ -194,10 +194,9 @@ class Reconfiguration:
         if action == "add":
             if current is not None:
                 raise errors.MembershipError(f"{member_id} is already a member")
-            # A voter joins as a learner and is promoted once caught up.
+            # Everyone joins as a learner; a voter-to-be is promoted once
+            # caught up, by the leader or (without auto_promote) explicitly.
             members[member_id] = Member(member_id, name, False, promote=voter and self.config.auto_promote)
-            if voter and not self.config.auto_promote:
-                members[member_id] = Member(member_id, name, True)
         elif action == "remove":
             if current is None:
                 raise errors.UnknownMember(f"{member_id} is not a member")
