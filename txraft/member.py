@@ -66,6 +66,16 @@ class Membership:
     change: Optional[str] = None
 
 
+class _ConfigurationFollower(RaftObserver):
+    """Tells the transport of each new configuration (its ACL follows the members)."""
+
+    def __init__(self, follow):
+        self.follow = follow
+
+    def configuration_changed(self, configuration):
+        self.follow(configuration)
+
+
 class _AppliedWaiters(RaftObserver):
     """Deferreds waiting for this member to apply up to an index (for reads)."""
 
@@ -314,14 +324,18 @@ class Raft:
         listening = yield self._transport.start(self)
         self._adopt_address(listening)
         bootstrap = Configuration.bootstrap(self._members, self._names)
-        if self._joining:
-            # Waits to be added; a log that already holds a configuration wins.
+        if self._joining and self._storage.last_index == 0:
+            # Waits to be added.  A member that holds a log (restarted after
+            # joining, or bootstrapped) takes its configuration from it.
             bootstrap = Configuration(())
         self.core = RaftCore(self.id, bootstrap, self._storage, self._transport,
                              self.client, self.reactor, self.rng, self.config)
         self._proposals = Proposals(self.core, self.reactor, self.config, self._session)
         self.core.add_observer(self._proposals)
         self.core.add_observer(self._applied_waiters)
+        follow = getattr(self._transport, "follow_configuration", None)
+        if follow is not None:
+            self.core.add_observer(_ConfigurationFollower(follow))
         self.core.start()
         self._state = "running"
         if self._joining and self._contacts and self.id not in self.core.members:

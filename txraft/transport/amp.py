@@ -451,6 +451,7 @@ class AMPTransport:
         self.peer_names = dict(peer_names or {})
         self.max_message_bytes = max_message_bytes
         self.connect_timeout = connect_timeout
+        self._acl = tuple(acl or ())
         if self.insecure:
             self._policy = None
             self._credentials = None
@@ -490,6 +491,23 @@ class AMPTransport:
             reactor=reactor,
             **kwargs,
         )
+
+    def follow_configuration(self, configuration):
+        """
+        Admit the certificate names recorded in the membership
+        ``configuration`` (a :class:`~txraft.core.membership.Configuration`)
+        besides the ``acl`` given at construction, and require each member's
+        recorded name of it: the ACL follows runtime membership changes.
+        New connections see the change; established ones keep their check.
+        """
+        if self.insecure:
+            return
+        for member in configuration.members + (configuration.old or ()):
+            if member.name:
+                self.peer_names[member.id] = member.name
+        acl = set(self._acl) | set(configuration.names())
+        self._policy = AccessPolicy.build(sorted(acl), self._credentials.certificate, self.peer_names)
+        self._context.policy = self._policy
 
     @property
     def handler(self):
