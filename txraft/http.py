@@ -152,8 +152,8 @@ def _failure_response(failure):
         return _Response.json(503, {"error": f"timed out: {error}"})
     if isinstance(error, (errors.NotLeader, errors.TransportError)):
         return _Response.json(503, {"error": f"no leader reachable: {error}"})
-    if isinstance(error, errors.Stopped):
-        return _Response.json(503, {"error": f"member stopped: {error}"})
+    if isinstance(error, (errors.Stopped, errors.MembershipError)):
+        return _Response.json(503, {"error": f"member unavailable: {error}"})
     if isinstance(error, errors.ApplyError) and isinstance(error.cause, InvalidCommand):
         return _Response.json(400, {"error": str(error.cause)})
     log.failure("HTTP API request failed", failure)

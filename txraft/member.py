@@ -336,6 +336,7 @@ class Raft:
         follow = getattr(self._transport, "follow_configuration", None)
         if follow is not None:
             self.core.add_observer(_ConfigurationFollower(follow))
+        self.core.add_observer(_ConfigurationFollower(self._on_configuration))
         self.core.start()
         self._state = "running"
         if self._joining and self._contacts and self.id not in self.core.members:
@@ -362,6 +363,11 @@ class Raft:
 
         d.addCallbacks(lambda reply: self.log.info("{member} added by the cluster at {index}",
                                                    member=self.id, index=reply.index), refused)
+
+    def _on_configuration(self, configuration):
+        if self.core.removed():
+            # Nothing more will be applied here: answer waiting appends now.
+            self._proposals.fail_waiting(errors.MembershipError(f"{self.id} was removed from the cluster"))
 
     def _adopt_address(self, address):
         """With ``listen`` on port 0, the id becomes the address actually bound."""

@@ -84,6 +84,11 @@ class Proposals(RaftObserver):
         for pending in list(self._pending.values()):
             self._finish(pending, error)
 
+    def fail_waiting(self, error):
+        """Fail every waiting append with ``error`` (this member was removed); later ones are submitted."""
+        for pending in list(self._pending.values()):
+            self._finish(pending, error)
+
     def _request_id(self, pending):
         return m.RequestId(self.session, pending.seq, min(self._pending, default=pending.seq))
 

@@ -261,7 +261,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self._cancel_election_timer()
         now = self.clock.seconds()
         last = self.storage.last_index
-        leader = Leader(self.term, {p: Progress(p, last + 1, now) for p in self.peers})
+        leader = Leader(self.term, {p: Progress(p, last + 1, now) for p in sorted(self._replication_targets())})
         self._enter(leader)
         self._set_leader(self.id)
         self.log.info("{member} leads term {term}", member=self.id, term=self.term)

@@ -51,7 +51,7 @@ class Reads:
         leader.read_call = None
         if self.state is not leader:
             return
-        for peer in self.peers:
+        for peer in list(leader.progress):
             self._send_append(leader, peer, heartbeat=True)
         self._check_reads(leader)
 

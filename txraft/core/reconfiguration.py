@@ -76,6 +76,10 @@ class Reconfiguration:
         """:attr:`members` other than this one: whom a leader replicates to."""
         return tuple(i for i in self.configuration.ids if i != self.id)
 
+    def removed(self):
+        """:returns: whether this member's configuration no longer lists it (an empty one: not yet added)."""
+        return bool(self.configuration.members) and self.id not in self.configuration.ids
+
     def _voting_peers(self):
         return sorted(i for i in self.configuration.voters if i != self.id)
 
@@ -147,14 +151,30 @@ class Reconfiguration:
                       index=self.configuration_index, members=configuration.describe())
         leader = self._role_of_term(Leader, self.term)
         if leader is not None:
-            now = self.clock.seconds()
-            peers = set(self.peers)
-            for peer in list(leader.progress):
-                if peer not in peers:
-                    leader.progress.pop(peer).close_snapshot()
-            for peer in peers - set(leader.progress):
-                leader.progress[peer] = Progress(peer, self.storage.last_index + 1, now)
+            self._sync_progress(leader)
         self.observers.configuration_changed(configuration)
+
+    def _replication_targets(self):
+        """
+        Whom a leader sends the log to: the members of the configuration and,
+        until it commits, those of the one before, so that a member being
+        removed learns it (and stops) rather than wait on a leader that
+        forgot it.
+        """
+        targets = set(self.configuration.ids)
+        if self.configuration_index > self.commit_index:
+            targets |= set(self.configuration_at(self.configuration_index - 1).ids)
+        targets.discard(self.id)
+        return targets
+
+    def _sync_progress(self, leader):
+        now = self.clock.seconds()
+        targets = self._replication_targets()
+        for peer in list(leader.progress):
+            if peer not in targets:
+                leader.progress.pop(peer).close_snapshot()
+        for peer in sorted(targets - set(leader.progress)):
+            leader.progress[peer] = Progress(peer, self.storage.last_index + 1, now)
 
     def _validate_configuration_entries(self, entries):
         for entry in entries:
@@ -303,6 +323,8 @@ class Reconfiguration:
         """Finish what a commit makes possible: leave a joint configuration, step down, promote."""
         if self.state is not leader or self.configuration_index > self.commit_index:
             return
+        if len(leader.progress) != len(self._replication_targets()):
+            self._sync_progress(leader)  # the members a committed change removed
         configuration = self.configuration
         if configuration.joint:
             self._append_configuration(leader, configuration.leave_joint())

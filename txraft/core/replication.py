@@ -75,6 +75,8 @@ class Replication:
                 return defer.fail()
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
+        if self.removed():
+            return defer.fail(errors.MembershipError(f"{self.id} was removed from the cluster"))
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
@@ -128,7 +130,7 @@ class Replication:
         commit, leader.commit_news = leader.commit_news, False
         if self.state is not leader:
             return
-        for peer in self.peers:
+        for peer in list(leader.progress):
             if not self._replicate(leader, peer) and commit:
                 self._send_append(leader, peer, heartbeat=True)
 
@@ -146,7 +148,7 @@ class Replication:
             self._become_follower(self.term, "")
             return
         leader.round += 1
-        for peer in self.peers:
+        for peer in list(leader.progress):
             if not self._replicate(leader, peer):
                 self._send_append(leader, peer, heartbeat=True)
 

@@ -236,7 +236,8 @@ def _expected_failure(failure, outcomes, timeouts, clock, member_id):
     # allowed outcomes (nothing was acknowledged).  Anything else is a bug.
     if failure.check(errors.Timeout):
         timeouts.append((clock.seconds(), failure.type.__name__, member_id))
-    if failure.check(errors.Timeout, errors.Stopped, errors.ResultUnavailable):
+    # A member that learns it was removed answers what waits on it so.
+    if failure.check(errors.Timeout, errors.Stopped, errors.ResultUnavailable, errors.MembershipError):
         outcomes.append(None)
     else:
         outcomes.append(f"{failure.type.__name__}: {failure.getErrorMessage()}")
