@@ -44,6 +44,9 @@ class Reconfiguration:
         self._configurations = []
         #: ``[(term, index, Deferred)]`` waiting for a change to complete.
         self._change_waiters = []
+        #: Indexes of configuration entries this leader appended on its own
+        #: (promoting a learner, and leaving that joint configuration).
+        self._automatic = set()
 
     # -- the configuration in effect ----------------------------------------------
 
@@ -245,11 +248,15 @@ class Reconfiguration:
             # earlier leader that it never saw could be overruled.
             raise errors.LeaderNotReady("the leader has not committed an entry of its term yet")
         if self.change_in_flight():
+            if self.configuration_index in self._automatic:
+                # No caller waits on it, and it is over in a round trip or two:
+                # the member API asks again rather than refuse.
+                raise errors.LeaderNotReady(f"a learner is being promoted ({self.configuration.describe()})")
             raise errors.ChangeInProgress(
                 f"a membership change is in progress ({self.configuration.describe()})")
         return leader
 
-    def propose_members(self, members):
+    def propose_members(self, members, automatic=False):
         """
         Propose ``members`` (an iterable of :class:`Member`) as the cluster's
         configuration, through a joint configuration when the voters change.
@@ -269,7 +276,10 @@ class Reconfiguration:
             raise errors.MembershipError("the configuration would not change")
         if target.voters != current.voters:
             target = Configuration(target.members, old=current.members)
-        return self._append_configuration(leader, target)
+        placed = self._append_configuration(leader, target)
+        if automatic:
+            self._automatic.add(placed[1])
+        return placed
 
     def _append_configuration(self, leader, configuration):
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.CONFIG, configuration.encode())
@@ -327,7 +337,10 @@ class Reconfiguration:
             self._sync_progress(leader)  # the members a committed change removed
         configuration = self.configuration
         if configuration.joint:
-            self._append_configuration(leader, configuration.leave_joint())
+            joint_index = self.configuration_index
+            _, index = self._append_configuration(leader, configuration.leave_joint())
+            if joint_index in self._automatic:
+                self._automatic.add(index)
         elif not configuration.is_voter(self.id):
             self.log.info("{member} is no longer a voter; stepping down", member=self.id)
             self._hand_over(leader)
@@ -348,5 +361,5 @@ class Reconfiguration:
             if not member.voter and member.promote and self._caught_up(member.id):
                 self.log.info("{member} promotes {learner}: caught up", member=self.id, learner=member.id)
                 promoted = [Member(x.id, x.name, True) if x is member else x for x in members]
-                self.propose_members(promoted)
+                self.propose_members(promoted, automatic=True)
                 return
