@@ -178,6 +178,19 @@ def test_two_changes_racing_across_a_change_of_leader_keep_one_configuration():
     cluster.stop()
 
 
+def test_a_member_started_to_join_asks_to_be_added_and_becomes_a_voter():
+    cluster, checker = settled()
+    new = cluster.launch_new_member(contacts=[cluster.ids[2], cluster.ids[0]])
+    assert promoted(cluster, new)
+    assert cluster.run_until(cluster.converged, 5)
+    # Restarted on its log, it just restarts (it does not ask again).
+    cluster.crash(new)
+    cluster.restart(new)
+    assert cluster.run_until(cluster.converged, 5)
+    assert cluster.members[new].core.configuration.is_voter(new)
+    cluster.stop()
+
+
 def test_bad_changes_are_refused_with_a_clear_error_and_change_nothing():
     cluster, checker = settled()
     leader = cluster.members[cluster.agreed_leader()]

@@ -107,6 +107,7 @@ class SimulatedCluster:
         self.wrap_transport = wrap_transport
         self.transports = {}  # member id -> the transport its member was built with
         self.members = {}
+        self.contacts = {}  # member id -> whom it asks to add it (members launched later)
         self.clients = {}
         self.crashed = set()
         self.checker = checker
@@ -133,7 +134,7 @@ class SimulatedCluster:
             for other in self.initial_ids:
                 member.add_member(other)
         else:
-            member.join()
+            member.join(self.contacts.get(member_id))
         self.members[member_id] = member
         self.clients[member_id] = client
         member.start()
@@ -149,15 +150,18 @@ class SimulatedCluster:
         """Add ``event`` to the trace, stamped with the simulated time."""
         self.trace.append(f"{self.clock.seconds():9.4f} {event}")
 
-    def launch_new_member(self):
+    def launch_new_member(self, contacts=None):
         """
         Start a member with an empty disk that waits to be added (it is not
         part of any configuration until a member's ``add_member()`` commits).
 
+        :param contacts: ids of members it asks to add it, as ``twistd raft
+            --join`` does; ``None``: it only waits.
         :returns: its id.
         """
         member_id = f"127.0.0.{len(self.ids) + 1}:7000"
         self.ids.append(member_id)
+        self.contacts[member_id] = contacts
         self.storages[member_id] = MemoryStorage(self.clock, self.fsync_delay)
         self.note(f"launch new member {member_id}")
         self._launch(member_id)
