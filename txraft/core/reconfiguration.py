@@ -207,8 +207,10 @@ class Reconfiguration:
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
     def _handle_change_members(self, req):
-        term, index = self._change_here(req.action, req.member, req.name, req.voter)
-        return m.ChangeMembersReply(term, index)
+        # A member that does not lead passes it on (a new member's --join may
+        # name any member).
+        d = self.change_members(req.action, req.member, req.name, req.voter)
+        return d.addCallback(lambda placed: m.ChangeMembersReply(*placed))
 
     def _change_here(self, action, member_id, name, voter):
         self._check_can_change()
