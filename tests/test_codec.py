@@ -31,6 +31,11 @@ values = st.one_of(
     st.builds(m.GetLeaderReply, st.text(max_size=30)),
     st.just(m.GetMembers()), st.just(m.GetLeader()), st.just(m.ReadIndex()),
     st.builds(m.ReadIndexReply, ints),
+    st.builds(m.TimeoutNow, ints, ids), st.builds(m.TimeoutNowReply, ints),
+    st.builds(m.ChangeMembers, st.sampled_from(["add", "remove", "promote"]), ids, st.text(max_size=20),
+              st.booleans()),
+    st.builds(m.ChangeMembersReply, ints, ints),
+    st.builds(m.TransferLeadership, st.text(max_size=30)), st.builds(m.TransferLeadershipReply, ids),
 )
 
 
