@@ -169,6 +169,7 @@ async def run(reactor, args):
             before = writer.rate(time.monotonic() - 3.0, time.monotonic())
             founders = list(cluster.members)
             new = cluster.new_member(join=founders)
+            writer.skip = {new.id}  # it would wait, through the learner, for the learner to catch up
             t0 = time.monotonic()
             await cluster.client(leader, timeout=30).add_member(new.id, new.name)
             cluster.start(new)
