@@ -202,7 +202,44 @@ async def test_rolling_restart_with_sigterm_while_writing(cluster):
             await writer.at_least(10)
         await writer.stop()
         await check_every_write(cluster, members, writer.acknowledged)
+        # The leader of the moment handed over before it stopped.
+        assert any("hands leadership to" in cluster.output(m) for m in members)
         print(f"rolling restart: {len(writer.acknowledged)} writes acknowledged, {writer.unknown} unknown; "
               f"longest gap {max(writer.gaps):.3f} s")
 
     await bounded(170, body())
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_alone_works_for_an_admitted_name_and_never_for_another(tmp_path):
+    """Started with --join alone, a member whose certificate name the members
+    admit is added; one whose name they do not admit cannot add itself."""
+    # The founders admit member4 (say, planned ahead) but not member5.
+    local = LocalCluster(str(tmp_path), client_name="admin",
+                         extra_args=["--acl", "member1,member2,member3,member4"])
+
+    async def body():
+        local.start_all()
+        founders = list(local.members)
+        await local.agreed_leader(timeout=30)
+        admitted = local.new_member(join=founders)
+        local.start(admitted)
+        await wait_voters(local, founders[0], [m.id for m in founders + [admitted]], timeout=40)
+        outsider = local.new_member(join=founders)
+        local.start(outsider)
+
+        async def refused():
+            return any("refused peer" in local.output(m) and "member5" in local.output(m) for m in founders)
+
+        await local.wait_for(refused, 30, "a founder refusing member5")
+        document = await local.client(founders[0]).members()
+        assert outsider.id not in [m["id"] for m in document["members"]]
+
+    try:
+        await bounded(120, body())
+    finally:
+        try:
+            await bounded(30, local.stop())
+        except Exception:
+            pass
+        local.kill_all_now()
