@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task, utils
+from twisted.internet import defer, protocol, reactor, task, utils
 
 from txraft import certs
 from txraft.config import RaftConfig
@@ -144,7 +144,7 @@ async def test_put_get_cas_delete_status(member):
 
 
 @pytest_twisted.ensureDeferred
-async def test_failures_are_one_line_and_non_zero(member, pki):
+async def test_failures_are_one_line_and_non_zero(member, pki, tmp_path):
     async def body():
         c = member.cli_args
         url = c[1]
@@ -152,6 +152,14 @@ async def test_failures_are_one_line_and_non_zero(member, pki):
         cert, key = pki["member1"]
         out, err, code = await txraft("status", "--server", url, "--cert", cert, "--key", key, "--ca", pki["ca"][0])
         assert code == 1 and len(err.strip().splitlines()) == 1 and "client-acl" in err
+        # Certificates of another cluster's CA, on either side.
+        other = certs.write_cluster_certs(str(tmp_path / "other"), ["member1"], client="admin")
+        out, err, code = await txraft("status", "--server", url, "--cert", other["admin"][0], "--key",
+                                      other["admin"][1], "--ca", pki["ca"][0])
+        assert code == 1 and "the server does not trust the client certificate's CA" in err, err
+        out, err, code = await txraft("status", "--server", url, *c[2:6], "--ca", other["ca"][0])
+        assert code == 1 and "the server's certificate is not signed by the CA given as --ca" in err, err
+        assert "client-acl" not in err
         # HTTPS without a client certificate.
         out, err, code = await txraft("status", "--server", url)
         assert code == 2 and err.strip().startswith("txraft status: HTTPS needs a client certificate")
@@ -197,6 +205,90 @@ async def test_member_list_add_promote_remove_and_transfer_leader(member):
         assert code == 1 and "HTTP 404" in err
 
     await defer.ensureDeferred(body()).addTimeout(60, reactor)
+
+
+class _Silent(protocol.Protocol):
+    """Accepts a connection and never answers."""
+
+
+class _HangsUp(protocol.Protocol):
+    """Closes the connection as soon as the request starts."""
+
+    def dataReceived(self, data):
+        self.transport.loseConnection()
+
+
+@pytest_twisted.async_yield_fixture
+async def plain_server():
+    """``listen(protocol_class)`` -> ``http://host:port`` of a plain TCP server; closed afterwards."""
+    ports, connections = [], []
+
+    class Factory(protocol.Factory):
+        def buildProtocol(self, addr):
+            p = protocol.Factory.buildProtocol(self, addr)
+            connections.append(p)
+            return p
+
+    def listen(protocol_class):
+        factory = Factory()
+        factory.protocol = protocol_class
+        port = reactor.listenTCP(0, factory, interface="127.0.0.41")
+        ports.append(port)
+        return "http://127.0.0.41:%d" % port.getHost().port
+
+    yield listen
+    for p in connections:
+        if p.transport is not None and p.transport.connected:
+            p.transport.abortConnection()
+    for port in ports:
+        await port.stopListening()
+    await task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_never_answers_is_a_timeout_not_an_acl_problem(plain_server):
+    """treq's timeout arrives as ResponseNeverReceived wrapping CancelledError: reported as no answer in N s."""
+    async def body():
+        url = plain_server(_Silent)
+        out, err, code = await txraft("put", "a", "b", "--server", url, "--insecure", "--timeout", "0.5")
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert err.strip() == f"txraft put: PUT {url}/v1/kv/a: no answer from {url} within 0.5 s"
+
+        url = plain_server(_HangsUp)
+        out, err, code = await txraft("get", "a", "--server", url, "--insecure", "--timeout", "5")
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert "the server closed the connection" in err and "client-acl" not in err, err
+
+    await defer.ensureDeferred(body()).addTimeout(60, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_without_quorum_times_out_with_the_client_timeout(tmp_path):
+    """A member whose only peer is down cannot commit: the command line says it got no answer in time."""
+    async def body():
+        host = "127.0.0.41"
+        config = RaftConfig(listen=f"{host}:{free_port(host)}", heartbeat=0.05, log_dir=str(tmp_path / "log"),
+                            insecure=True)
+        svc = RaftService(config, KeyValueStore(), members=[f"{host}:{free_port(host)}"], http=(host, 0))
+        svc.startService()
+        try:
+            await svc.ready
+            url = "http://%s:%d" % svc.http_address
+            out, err, code = await txraft("put", "a", "b", "--server", url, "--insecure", "--timeout", "1")
+            assert (out, code) == ("", 1)
+            assert err.strip() == f"txraft put: PUT {url}/v1/kv/a: no answer from {url} within 1 s"
+        finally:
+            await svc.stopService()
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+    await defer.ensureDeferred(body()).addTimeout(60, reactor)
+
+
+def test_https_without_the_ca_names_the_ca():
+    result = txraft_sync("status", "--server", "https://127.0.0.41:1", "--cert", "a.pem", "--key", "a.key")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("txraft status: HTTPS needs the cluster CA certificate: give --ca "
+                                     "(or TXRAFT_CA)")
 
 
 def test_usage_errors_exit_2():

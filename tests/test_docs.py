@@ -216,14 +216,26 @@ def test_backup_and_restore(tmp_path, threshold, writes, snapshots):
 # -- docs/examples and docs/deploy --------------------------------------------------------
 
 
+#: What each program of docs/examples prints when it worked, as docs/embedding.md says.
+EXAMPLES_SAY = {
+    "counter.py": "every member counted 10",
+    "chaos_counters.py": "\"linearizable\": true",
+}
+
+
+def test_every_example_says_what_it_prints():
+    assert sorted(EXAMPLES_SAY) == sorted(p.name for p in (ROOT / "docs" / "examples").glob("*.py"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "docs" / "examples").glob("*.py")))
+@pytest.mark.parametrize("example", sorted(EXAMPLES_SAY))
 def test_example_runs(tmp_path, example):
-    """Each program in docs/examples runs to completion, as docs/embedding.md says."""
+    """Each program in docs/examples runs to completion and prints what it should."""
     done = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / example)], cwd=tmp_path,
                           env=environment(str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=180)
     assert done.returncode == 0 and UNHANDLED not in done.stdout, done.stdout
+    assert EXAMPLES_SAY[example] in done.stdout, done.stdout
 
 
 def _unit(text):

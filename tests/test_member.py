@@ -307,3 +307,39 @@ async def test_listening_on_port_zero_makes_the_bound_address_the_member_id():
         from twisted.internet import task
 
         await task.deferLater(reactor, 0.01, lambda: None)
+
+
+def test_every_member_logs_who_leads_each_term_as_it_learns_it():
+    """Followers log the leader of each new term too, with the fields member, leader and term."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from txraft.interfaces import IRaftObserver
+    from txraft.member import _LeaderLog
+
+    verifyObject(IRaftObserver, _LeaderLog("127.0.0.1:7000"))
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        cluster = SimulatedCluster(3, seed=4)
+        cluster.start()
+        first = cluster.wait_for_leader()
+        cluster.crash(first)
+        second = cluster.wait_for_leader()
+        cluster.stop()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    told = {}  # (member, term) -> (leader, text)
+    for event in events:
+        if {"member", "leader", "term"} <= event.keys():
+            told[event["member"], event["term"]] = (event["leader"], formatEvent(event))
+    terms = sorted({term for (_, term) in told})
+    last = terms[-1]
+    assert {member for (member, term) in told if term == last} == set(cluster.ids) - {first}
+    for member in set(cluster.ids) - {first}:
+        leader, text = told[member, last]
+        assert leader == second
+        assert text == (f"{member} leads term {last}" if member == second
+                        else f"{member} follows {second}, leader of term {last}")
+    assert any(text == f"{m} follows {first}, leader of term {t}"
+               for (m, t), (leader, text) in told.items() if leader == first and m != first)

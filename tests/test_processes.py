@@ -26,8 +26,6 @@ pytest.importorskip("txraft.http")
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def bounded(seconds, coroutine):
     return defer.ensureDeferred(_settled(coroutine)).addTimeout(seconds, reactor)
@@ -65,14 +63,6 @@ async def test_txraft_demo_runs_to_completion(tmp_path):
     assert "failover after kill -9" in out
     leftovers = {name for name in set(os.listdir("/tmp")) - before if name.startswith("txraft-demo-")}
     assert not leftovers, f"the demo left {leftovers} behind"
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_embedding_example_runs(tmp_path):
-    example = os.path.join(ROOT, "docs", "examples", "counter.py")
-    out, err, code = await bounded(60, run(sys.executable, example, cwd=str(tmp_path)))
-    assert code == 0, out + err
-    assert "every member counted 10" in out
 
 
 # -- a cluster of twistd raft processes ---------------------------------------------------

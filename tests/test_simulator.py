@@ -121,3 +121,71 @@ def test_command_line_prints_seed_and_trace_on_a_violation(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "FAILED" in out and "reproduce: python -m txraft.testing" in out
     assert "start" in out  # the event trace
+
+
+# -- SimulatedCluster's own API, as docs/testing.md describes it ---------------------------
+
+
+def test_restarting_a_running_member_or_crashing_a_crashed_one_is_refused():
+    """A second instance on the same storage would corrupt it: restart() wants a crashed member."""
+    from txraft.testing import SimulatedCluster
+
+    cluster = SimulatedCluster(3, seed=3)
+    cluster.start()
+    leader = cluster.wait_for_leader()
+    running = cluster.members[leader]
+    with pytest.raises(ValueError, match=r"restart\('127\.0\.0\.\d:7000'\): the member is running; crash\(\) it first"):
+        cluster.restart(leader)
+    assert cluster.members[leader] is running and not cluster.crashed
+    cluster.crash(leader)
+    with pytest.raises(ValueError, match=r"crash\(.*\): the member is crashed; restart\(\) it first"):
+        cluster.crash(leader)
+    with pytest.raises(ValueError, match=r"no such member; the members are \['127.0.0.1:7000'"):
+        cluster.crash("10.0.0.1:7000")
+    assert cluster.restart(leader) is cluster.members[leader] is not running
+    cluster.stop()
+    with pytest.raises(RuntimeError, match="the cluster was stopped"):
+        cluster.crash(leader)
+
+
+def test_the_documented_accessors():
+    """ids, members, clients, wait_for_leader() and stop(), as docs/testing.md lists them;
+    stop() leaves no call on the clock, and appends it fails are consumed, not unhandled."""
+    import gc
+
+    from twisted.internet.defer import Deferred
+    from twisted.logger import globalLogPublisher
+
+    from txraft.errors import Stopped
+    from txraft.testing import RecordingClient, SimulatedCluster
+
+    unhandled = []
+
+    def watch(event):
+        if "Unhandled error" in str(event.get("log_format", "")):
+            unhandled.append(event)
+
+    cluster = SimulatedCluster(3, seed=5)
+    cluster.start()
+    assert cluster.ids == ["127.0.0.1:7000", "127.0.0.2:7000", "127.0.0.3:7000"]
+    leader = cluster.wait_for_leader()
+    assert leader in cluster.ids and leader == cluster.leader() == cluster.agreed_leader()
+    assert all(isinstance(cluster.clients[i], RecordingClient) for i in cluster.ids)
+    outcomes = []
+    cluster.members[leader].append(b"x").addBoth(outcomes.append)
+    assert cluster.run_until(lambda: outcomes, timeout=5.0)
+    assert all(cluster.clients[i].applied.get(outcomes[0]) == b"x" for i in cluster.ids
+               if cluster.clients[i].last_index >= outcomes[0])
+    pending = cluster.members[leader].append(b"y")
+    assert isinstance(pending, Deferred)
+    pending.addBoth(outcomes.append)
+    cluster.stop()
+    assert outcomes[-1].check(Stopped)
+    assert cluster.clock.getDelayedCalls() == []
+    globalLogPublisher.addObserver(watch)
+    try:
+        del pending, cluster
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(watch)
+    assert not unhandled

@@ -94,6 +94,16 @@ def test_the_default_logdir_is_named_after_the_listen_address(tmp_path, monkeypa
     assert os.listdir(tmp_path) == []
 
 
+def test_help_states_each_default_once():
+    """usage.Options appends "[default: VALUE]" unless the default is None: no "[default: ]" next to ours."""
+    help_text = " ".join(str(Options()).split())
+    assert "[default: ]" not in help_text
+    assert help_text.count("[default:") == len([o for o in Options.optParameters if o[2] is not None]) + sum(
+        "[default:" in o[3] for o in Options.optParameters if o[2] is None)
+    assert "admitted. [default: the NAMEs of --peers] --app" in help_text
+    assert "[default: none, a one-member cluster] --request-timeout" in help_text
+
+
 def test_the_default_app_is_the_key_value_store():
     assert DEFAULTS["app"] == "txraft.kv:KeyValueStore"
     assert Options().defaults["app"] == "txraft.kv:KeyValueStore"
@@ -257,8 +267,9 @@ def test_bad_values(tmp_path, args, expected):
 
 def test_the_http_api_needs_the_key_value_store(tmp_path):
     message = refused("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"), "--http", "127.0.0.1:0")
-    assert message == ("--http serves the key-value API, but --app txraft.testing:RecordingClient "
-                       "is not a txraft.kv.KeyValueStore")
+    assert message == ("--http serves the key-value API or the application's own (its http_resource(raft) "
+                       "method), but --app txraft.testing:RecordingClient is not a txraft.kv.KeyValueStore "
+                       "and has no http_resource")
 
 
 def test_https_needs_a_client_acl(tmp_path, pki):
@@ -313,3 +324,26 @@ def test_a_member_that_cannot_start_exits_with_one_line(tmp_path):
     assert "could not start: log_dir" in output and "is in use by another storage" in output
     assert "Traceback" not in output
     assert os.listdir(logdir) == []
+
+
+def test_a_corrupt_log_points_to_the_lost_disk_procedure(tmp_path):
+    """A CorruptLog refusal at start says where the operator finds what to do."""
+    from txraft.storage.files import log_name
+
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    (logdir / log_name(0, 0)).write_bytes(b"not a txraft log at all")
+    result = subprocess.run(
+        [*twistd_command(), "-n", "--pidfile=", "raft", "--insecure", "--app", APP, "--logdir", str(logdir),
+         "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    # twistd -n sends standard error to its log, on standard output.
+    (line,) = [l for l in (result.stdout + result.stderr).splitlines() if "txraft: member" in l]
+    assert "not a txraft log" in line
+    assert line.endswith("the member refuses to run on a damaged log: "
+                         "see \"A member's disk is lost\" in docs/operations.md"), line
+    assert "## A member's disk is lost" in open(os.path.join(os.path.dirname(__file__), "..", "docs",
+                                                             "operations.md")).read()
+    assert "Traceback" not in result.stdout + result.stderr

@@ -22,6 +22,9 @@ The connection options may also come from the environment: ``TXRAFT_SERVER``,
 readable result (``--json``: the server's JSON), and on failure one line on
 standard error and a non-zero exit status: 1 for an error, 2 for bad usage,
 3 when a key is absent or a compare-and-set finds another value.
+``--timeout`` bounds each request, answer included: a member that cannot
+commit (no quorum) or does not answer gives ``no answer from SERVER within
+N s`` (status 1).
 
 :class:`~txraft.http_client.Client` (in its own module) is the HTTP(S)
 client the commands use.

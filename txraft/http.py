@@ -73,7 +73,8 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
     :param raft: the :class:`txraft.member.Raft`.
     :param store: its :class:`~txraft.kv.KeyValueStore`; ``None`` (or any other
         application) leaves ``/v1/kv`` answering 404 while ``/v1/status`` and
-        ``/metrics`` still work.
+        ``/metrics`` still work.  An application with an ``http_resource(raft)``
+        method has the resource it returns served under ``/v1/app/``.
     :param metrics: a :class:`~txraft.metrics.MemberMetrics`; one is made when
         ``None``.  Writes through the API feed its append latency histogram.
     :param float request_timeout: seconds a write or a linearizable read may
@@ -108,6 +109,10 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
         v1.putChild(b"kv", KeyValueResource(kv, max_command_size))
     else:
         v1.putChild(b"kv", _ErrorResource(404, "no key-value store on this member"))
+    app_resource = getattr(store, "http_resource", None)
+    if callable(app_resource):
+        # The application's own API, behind the same TLS and client ACL.
+        v1.putChild(b"app", app_resource(raft))
     return root
 
 

@@ -97,9 +97,7 @@ class Client:
             if credentials is None:
                 missing = [name for name, value in (("cert", cert), ("key", key), ("ca", ca)) if not value]
                 if missing:
-                    raise ValueError("HTTPS needs a client certificate: give "
-                                     + ", ".join("--" + m for m in missing)
-                                     + " (or TXRAFT_CERT, TXRAFT_KEY, TXRAFT_CA)")
+                    raise ValueError(_missing_credentials(missing))
                 from txraft.transport.tls import TLSCredentials
 
                 credentials = TLSCredentials.load(cert, key, ca)
@@ -120,14 +118,34 @@ class Client:
             return self.server
         return f"{self.server}/v1/kv/{quote(key, safe='')}"
 
+    def request(self, method, url, data=None, params=None):
+        """
+        Any request to the member, for APIs beyond the key-value store (an
+        application's own under ``/v1/app/``).
+
+        :returns: a Deferred firing with ``(status code, body bytes)``, or
+            failing with :class:`ClientError` when no answer came.
+        """
+        return defer.ensureDeferred(self._request(method, url, data, params))
+
     async def _request(self, method, url, data=None, params=None):
+        # One deadline for the whole exchange, body included: treq's own
+        # timeout stops at the response headers.
+        exchange = defer.Deferred.fromCoroutine(self._exchange(method, url, data, params))
+        timer = self.reactor.callLater(self.timeout, exchange.cancel)
         try:
-            response = await self._http.request(method, url, data=data, params=params, timeout=self.timeout)
-            body = await response.content()
-        except defer.CancelledError:
-            raise ClientError(f"{method} {url}: no answer within {self.timeout:g} s") from None
+            return await exchange
         except Exception as e:
-            raise ClientError(f"{method} {url}: {_describe(e)}") from None
+            if not timer.active() or _timed_out(e):
+                raise ClientError(f"{method} {url}: no answer from {self.server} within {self.timeout:g} s") from None
+            raise ClientError(f"{method} {url}: {_describe(e, self.server)}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _exchange(self, method, url, data, params):
+        response = await self._http.request(method, url, data=data, params=params)
+        body = await response.content()
         return response.code, body
 
     @staticmethod
@@ -240,14 +258,52 @@ def _text(value):
     return value
 
 
-def _describe(error):
-    """One line for a connection-level failure."""
-    from twisted.web._newclient import ResponseNeverReceived, RequestTransmissionFailed
+def _missing_credentials(missing):
+    """The usage error for HTTPS without some of ``cert``, ``key`` and ``ca``."""
+    needs = []
+    if "cert" in missing or "key" in missing:
+        needs.append("a client certificate and its key")
+    if "ca" in missing:
+        needs.append("the cluster CA certificate")
+    return (f"HTTPS needs {' and '.join(needs)}: give " + ", ".join("--" + m for m in missing)
+            + " (or " + ", ".join("TXRAFT_" + m.upper() for m in missing) + ")")
 
-    if isinstance(error, (ResponseNeverReceived, RequestTransmissionFailed)):
+
+def _timed_out(error):
+    """Whether ``error`` is a timeout or a cancellation, possibly wrapped by the HTTP client."""
+    from twisted.internet import error as internet_error
+    from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed
+
+    timeouts = (defer.CancelledError, defer.TimeoutError, internet_error.TimeoutError)
+    if isinstance(error, timeouts):
+        return True
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        return any(reason.check(*timeouts) for reason in error.reasons)
+    return False
+
+
+def _describe(error, server):
+    """One line for a connection-level failure (not a timeout) of a request to ``server``."""
+    from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed
+
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        from OpenSSL import SSL
+
         reasons = [r.getErrorMessage() for r in error.reasons]
         text = "; ".join(r for r in reasons if r) or "connection closed"
-        return (f"the server closed the connection ({text}); "
-                "is the client certificate's name in the server's --client-acl?")
+        if any(r.check(SSL.Error) for r in error.reasons):
+            # The handshake itself failed: a question of CAs, not of names.
+            if "certificate verify failed" in text:
+                return f"the server's certificate is not signed by the CA given as --ca (TLS: {text})"
+            if "unknown ca" in text:
+                return f"the server does not trust the client certificate's CA (TLS: {text})"
+            return f"the TLS handshake failed ({text})"
+        if server.startswith("https://"):
+            # The handshake went through: a server whose --client-acl lacks
+            # our name closes the connection right after it (with TLS 1.3
+            # the client learns only then).
+            return (f"the server closed the connection ({text}); "
+                    "is the client certificate's name in the server's --client-acl?")
+        return f"the server closed the connection ({text})"
     message = str(error) or type(error).__name__
     return message.strip().splitlines()[0] if message.strip() else type(error).__name__

@@ -86,6 +86,24 @@ class _AppliedWaiters(RaftObserver):
         self.waiting.release_through(index, index)
 
 
+class _LeaderLog(RaftObserver):
+    """
+    Logs who leads each term as this member learns it, with the fields
+    ``member``, ``leader`` and ``term``.  The winner of an election logs
+    "ID leads term N" from the core (with the same fields).
+    """
+
+    log = Logger()
+
+    def __init__(self, member):
+        self.member = member
+
+    def leader_changed(self, leader, term):
+        if leader and leader != self.member:
+            self.log.info("{member} follows {leader}, leader of term {term}",
+                          member=self.member, leader=leader, term=term)
+
+
 @implementer(IRPCHandler)
 class Raft:
     """
@@ -333,6 +351,7 @@ class Raft:
         self._proposals = Proposals(self.core, self.reactor, self.config, self._session)
         self.core.add_observer(self._proposals)
         self.core.add_observer(self._applied_waiters)
+        self.core.add_observer(_LeaderLog(self.id))
         follow = getattr(self._transport, "follow_configuration", None)
         if follow is not None:
             self.core.add_observer(_ConfigurationFollower(follow))

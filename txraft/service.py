@@ -39,11 +39,14 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from zope.interface import implementer
 
-from txraft.errors import RaftError
+from txraft.errors import CorruptLog, RaftError
 from txraft.member import Raft
 from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
 
-__all__ = ["RaftService", "ClientCertificateSite"]
+__all__ = ["RaftService", "ClientCertificateSite", "LOST_DISK"]
+
+#: Where an operator whose member refuses a damaged log finds what to do.
+LOST_DISK = "see \"A member's disk is lost\" in docs/operations.md"
 
 
 @implementer(IHandshakeListener)
@@ -246,6 +249,8 @@ class RaftService(service.MultiService):
     def _failed(self, failure):
         self._starting = None
         reason = failure.getErrorMessage() or failure.type.__name__
+        if failure.check(CorruptLog):
+            reason += f"; the member refuses to run on a damaged log: {LOST_DISK}"
         if failure.check(RaftError, OSError, ConnectError, CannotListenError):
             # Expected: a locked or corrupt log, a taken port.  No traceback.
             self.log.error("txraft member {member} could not start: {reason}",

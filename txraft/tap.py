@@ -28,21 +28,23 @@ from txraft.errors import ConfigurationError
 
 __all__ = ["Options", "makeService", "DEFAULTS", "load_app_class"]
 
-#: Default values of the options (in their target types).  The timing
+#: Default values of the options (in their target types; ``None`` where the
+#: help says what the default is, since usage.Options appends
+#: "[default: VALUE]" to every other one).  The timing
 #: defaults were measured with ``bench/bench_failover.py``: a 3-member cluster
 #: of real processes under write load on a 2-core machine holds no spurious
 #: elections, and a killed leader is replaced in about a second.
 DEFAULTS = {
     "listen": "127.0.0.1:7001",
-    "peers": "",
+    "peers": None,
     "heartbeat": 0.15,
     "election-timeout": 0.6,
     "snapshot-threshold": 10000,
     "fsync": "always",
-    "acl": "",
+    "acl": None,
     "app": "txraft.kv:KeyValueStore",
     "http": None,
-    "client-acl": "",
+    "client-acl": None,
     "request-timeout": 10.0,
 }
 
@@ -298,9 +300,10 @@ class Options(usage.Options):
                     "admitted); or run with --insecure")
             from txraft.kv import KeyValueStore
 
-            if not issubclass(app_class, KeyValueStore):
+            if not issubclass(app_class, KeyValueStore) and not callable(getattr(app_class, "http_resource", None)):
                 raise ConfigurationError(
-                    f"--http serves the key-value API, but --app {self['app']} is not a txraft.kv.KeyValueStore")
+                    f"--http serves the key-value API or the application's own (its http_resource(raft) "
+                    f"method), but --app {self['app']} is not a txraft.kv.KeyValueStore and has no http_resource")
             self["http_address"] = (http_host, http_port)
 
         _check_bindable("listen", host, port)

@@ -264,7 +264,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         leader = Leader(self.term, {p: Progress(p, last + 1, now) for p in sorted(self._replication_targets())})
         self._enter(leader)
         self._set_leader(self.id)
-        self.log.info("{member} leads term {term}", member=self.id, term=self.term)
+        self.log.info("{member} leads term {term}", member=self.id, leader=self.id, term=self.term)
         # A no-op of our own term lets us commit entries of earlier terms
         # (Raft paper section 5.4.2 and Figure 8).
         self._append_own(leader, [m.Entry(self.term, last + 1, m.EntryKind.NOOP)])

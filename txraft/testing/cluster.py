@@ -11,10 +11,18 @@ Use it to test your own :class:`txraft.RaftClient`::
 
     cluster = SimulatedCluster(3, seed=7, client_factory=MyApp)
     cluster.start()
-    leader = cluster.wait_for_leader()
-    d = cluster.members[leader].append(b"command")
+    leader = cluster.wait_for_leader()          # an id from cluster.ids, or None
+    outcomes = []
+    cluster.members[leader].append(b"command").addBoth(outcomes.append)
     cluster.run(1.0)
-    assert cluster.clients[leader].state == ...
+    assert cluster.clients[leader].state == ...   # each member's MyApp
+    cluster.stop()
+
+Consume every append's outcome (``addBoth`` above): :meth:`~SimulatedCluster.crash`
+and :meth:`~SimulatedCluster.stop` fail the pending ones with
+:class:`~txraft.errors.Stopped`, and a failed Deferred nobody looks at is
+logged as "Unhandled error in Deferred".  ``docs/testing.md`` shows a whole
+test.
 """
 
 from __future__ import annotations
@@ -85,6 +93,20 @@ class SimulatedCluster:
     :param wrap_transport: called with each member's transport whenever the
         member is built; the member uses what it returns (for example a
         :class:`txraft.metrics.CountingTransport`), kept in ``transports``.
+
+    :ivar ids: the member ids, ``["127.0.0.1:7000", "127.0.0.2:7000", ...]``,
+        in order.
+    :ivar members: member id -> its :class:`txraft.Raft` (a new one after
+        every :meth:`restart`; a crashed member's stays, stopped).
+    :ivar clients: member id -> its application, built by ``client_factory``
+        (a new one after every :meth:`restart`, restored from storage).
+    :ivar crashed: the ids of crashed members (:meth:`running` lists the others).
+    :ivar clock: the ``task.Clock`` every member runs on; advance it with
+        :meth:`run` and :meth:`run_until`, which check after every event.
+    :ivar network: the :class:`~txraft.transport.memory.MemoryNetwork`.
+    :ivar storages: member id -> its :class:`~txraft.storage.memory.MemoryStorage`.
+    :ivar trace: the faults injected so far, one line each, stamped with the
+        simulated time.
     """
 
     def __init__(self, size=3, seed=0, client_factory=RecordingClient, heartbeat=0.05,
@@ -112,6 +134,7 @@ class SimulatedCluster:
         self.crashed = set()
         self.checker = checker
         self.trace = []
+        self._stopped = False
 
     # -- building ------------------------------------------------------------
 
@@ -141,7 +164,9 @@ class SimulatedCluster:
         return member
 
     def start(self):
-        """Start every member."""
+        """Start every member (once)."""
+        if self.members or self._stopped:
+            raise RuntimeError("start(): the cluster was already started")
         for member_id in self.ids:
             self._launch(member_id)
         self.note("start")
@@ -192,8 +217,25 @@ class SimulatedCluster:
         """:returns: ids of members that are not crashed."""
         return [i for i in self.ids if i not in self.crashed]
 
+    def _check_member(self, action, member_id, crashed):
+        """Refuse ``action`` on an unknown member, or one that is not (``crashed``) crashed."""
+        if self._stopped:
+            raise RuntimeError(f"{action}({member_id!r}): the cluster was stopped")
+        if member_id not in self.storages:
+            raise ValueError(f"{action}({member_id!r}): no such member; the members are {self.ids}")
+        if (member_id in self.crashed) != crashed:
+            state = "crashed; restart() it first" if member_id in self.crashed else "running; crash() it first"
+            raise ValueError(f"{action}({member_id!r}): the member is {state}")
+
     def crash(self, member_id):
-        """Power off ``member_id``: everything its storage had not made durable is lost."""
+        """
+        Power off a running member: everything its storage had not made
+        durable is lost, and its pending ``append()`` Deferreds fail with
+        :class:`~txraft.errors.Stopped`.
+
+        :raises ValueError: if ``member_id`` is unknown or already crashed.
+        """
+        self._check_member("crash", member_id, crashed=False)
         self.note(f"crash {member_id}")
         self.members[member_id].crash()
         self.network.transport(member_id).stop()
@@ -201,7 +243,15 @@ class SimulatedCluster:
         self.crashed.add(member_id)
 
     def restart(self, member_id):
-        """Start a crashed member again from what its storage kept."""
+        """
+        Start a crashed member again from what its storage kept, with a new
+        application from ``client_factory``.
+
+        :returns: the new :class:`txraft.Raft` (also ``members[member_id]``).
+        :raises ValueError: if ``member_id`` is unknown or running: a second
+            instance on the same storage would corrupt it.
+        """
+        self._check_member("restart", member_id, crashed=True)
         self.note(f"restart {member_id}")
         self.crashed.discard(member_id)
         return self._launch(member_id)
@@ -277,7 +327,12 @@ class SimulatedCluster:
         return True
 
     def wait_for_leader(self, timeout=10.0):
-        """:returns: the id of a leader all running members agree on, or ``None``."""
+        """
+        Run the clock until every running member follows the same leader.
+
+        :returns: that leader's id (one of :attr:`ids`), or ``None`` if they
+            did not agree within ``timeout`` simulated seconds.
+        """
         self.run_until(lambda: self.agreed_leader() is not None, timeout)
         return self.agreed_leader()
 
@@ -300,8 +355,15 @@ class SimulatedCluster:
             self.checker.check(self)
 
     def stop(self):
-        """Stop every running member (cleanly) and cancel the clock's calls."""
+        """
+        Stop every running member (cleanly: their pending appends fail with
+        :class:`~txraft.errors.Stopped`) and cancel the clock's calls.  Call it
+        at the end of each test; the cluster cannot be used afterwards.
+        """
+        self._stopped = True
         for member_id in self.running():
             self.members[member_id].stop()
-        for call in self.clock.getDelayedCalls():
+        # task.Clock hands out its own list, which cancel() shrinks: copy it,
+        # or every other call survives.
+        for call in list(self.clock.getDelayedCalls()):
             call.cancel()

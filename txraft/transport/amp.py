@@ -164,6 +164,13 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         if self.policy is None:  # insecure: no handshake to wait for
             self.peer_admitted()
 
+    def describe_peer(self):
+        """:returns: the other end for the log: its member id and certificate name when known, and address."""
+        if self.link is not None:
+            return f"{self.link.describe()} at {self.peer_address}"
+        names = sorted(self.peer_certificate_names)
+        return self.peer_address + (f" (certificate {', '.join(names)})" if names else "")
+
     def peer_admitted(self):
         self.admitted = True
         if self.link is not None:
@@ -191,7 +198,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self.log.warn(
                 "{side}: connection with {peer} closed before the peer was admitted: {reason}",
                 side=self.side,
-                peer=self.peer_address,
+                peer=self.describe_peer(),
                 reason=reason.getErrorMessage(),
             )
         elif self.side == "client" and not self.heard and not self.context.stopping:
@@ -201,7 +208,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             self.log.warn(
                 "client: connection to {peer} closed before any answer; it may refuse this member's "
                 "certificate (see its log): {reason}",
-                peer=self.peer_address,
+                peer=self.describe_peer(),
                 reason=reason.getErrorMessage(),
             )
         if self.link is not None:
@@ -232,7 +239,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             return failure
         self.log.warn(
             "closing the connection from {peer}: bad request {command}: {error}",
-            peer=self.peer_address,
+            peer=self.describe_peer(),
             command=name,
             error=failure.getErrorMessage(),
         )
@@ -600,6 +607,7 @@ class AMPTransport:
                 tls_options=self._tls_options,
                 retry_policy=self._retry_policy,
                 clock=self.reactor,
+                member=self.address,
             )
             link.start()
         return link

@@ -16,6 +16,11 @@ call.
 While the peer is unreachable, :meth:`PeerLink.connection` fails at once
 (nothing queues up); while an attempt is in progress it waits for that
 attempt only.
+
+A link logs when its connection comes up, when it is lost and when the peer
+becomes unreachable (not every retry), each naming the peer by member id and
+certificate name, as text and as the fields ``member``, ``peer``,
+``peer_name`` (and ``reason``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import ipaddress
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from txraft import errors as e
@@ -84,12 +90,17 @@ class _WatchedEndpoint:
         self.endpoint = endpoint
         self.link = link
 
+    def __repr__(self):
+        # ClientService names its endpoint in "Scheduling retry N to connect ...".
+        return self.link.describe()
+
     def connect(self, factory):
         self.link.attempting = True
 
         def failed(failure):
             self.link.attempting = False
             self.link.last_error = failure.getErrorMessage()
+            self.link.unreachable_now()
             self.link.wake()
             return failure
 
@@ -114,15 +125,22 @@ class PeerLink:
     :param tls_options: client TLS options, or ``None`` for plain TCP.
     :param retry_policy: a ClientService retry policy (:func:`retry_policy`).
     :param clock: an ``IReactorTime`` for the reconnection delays.
+    :param member: this member's id, for the log.
 
     Invariant: ``protocol`` is an admitted, connected protocol or ``None``;
     ``attempting`` is true from the start of a connection attempt until it is
     admitted or fails.
     """
 
-    def __init__(self, peer, endpoint, build_protocol, *, expected_name, tls_options, retry_policy, clock):
+    log = Logger()
+
+    def __init__(self, peer, endpoint, build_protocol, *, expected_name, tls_options, retry_policy, clock,
+                 member=None):
         self.peer = peer
         self.expected_name = expected_name
+        self.member = member
+        self._reachable = None  # for the log: True, False, or None before the first outcome
+        self._tls = tls_options is not None
         self.build_protocol = build_protocol
         self.protocol = None
         self.connecting = None
@@ -144,18 +162,42 @@ class PeerLink:
         """Start connecting, and keep the connection up until :meth:`stop`."""
         self.service.startService()
 
+    def describe(self):
+        """:returns: the peer as the log names it: ``member ID (certificate NAME)``, or ``member ID`` without TLS."""
+        if not self._tls:
+            return f"member {self.peer}"
+        name = self.expected_name or "any name the ACL admits"
+        return f"member {self.peer} (certificate {name})"
+
+    def _log(self, level, text, **fields):
+        level(f"{{member}}: {text}", member=self.member or "?", peer=self.peer,
+              peer_name=self.expected_name or "", peer_description=self.describe(), **fields)
+
     def admitted(self, protocol):
         """``protocol``'s peer passed the handshake and the ACL: use it."""
         self.protocol = protocol
         self.attempting = False
+        self._reachable = True
+        self._log(self.log.info, "connected to {peer_description}")
 
     def lost(self, protocol, reason):
         """``protocol``'s connection ended (``reason``, a Failure)."""
         if self.protocol is protocol:
             self.protocol = None
+            if self.service.running:
+                self._log(self.log.warn, "lost the connection to {peer_description}: {reason}",
+                          reason=reason.getErrorMessage())
         if protocol is self.connecting:
             self.attempting = False
             self.last_error = reason.getErrorMessage()
+            if protocol is not self.protocol and not protocol.admitted:
+                self.unreachable_now()
+
+    def unreachable_now(self):
+        """An attempt failed: log it once per stretch of failures (ClientService logs each retry)."""
+        if self._reachable is not False and self.service.running:
+            self._log(self.log.warn, "cannot reach {peer_description}: {reason}; retrying", reason=self.last_error)
+        self._reachable = False
 
     def connection(self):
         """:returns: a Deferred firing with an admitted protocol, or failing with TransportError."""

@@ -1,0 +1,230 @@
+"""
+Faults for a chaos run against real member processes: network partitions
+made with ``iptables``, ``kill -9`` and restart, and ``SIGSTOP``/``SIGCONT``
+pauses, chosen from a seed.
+
+Partitions need members on distinct loopback addresses that dial their peers
+from their own address (txraft's members do), and root.  The rules live in a
+chain of their own, named after the run's process id, reached from ``INPUT``
+and matching only packets between two members' addresses, so clients (which
+connect from ``127.0.0.1``) still reach every member, and nothing else on the
+machine is touched.  :meth:`Partitioner.close` removes the chain; the chaos
+runner calls it on every exit path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
+
+__all__ = ["Partitioner", "partitions_available", "Fault", "Nemesis", "FAULT_KINDS"]
+
+#: Every kind of fault; ``partition`` kinds need :func:`partitions_available`.
+FAULT_KINDS = ("partition-halves", "partition-leader", "partition-bridge", "kill", "kill-leader",
+               "pause", "pause-leader")
+
+
+def partitions_available() -> Tuple[bool, str]:
+    """
+    :returns: ``(available, reason)``: whether this process can add
+        ``iptables`` rules (root and the command present), and why not.
+    """
+    if shutil.which("iptables") is None:
+        return False, "iptables is not installed"
+    if os.geteuid() != 0:
+        return False, "not running as root"
+    probe = subprocess.run(["iptables", "-S", "INPUT"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return False, f"iptables does not work here: {probe.stderr.strip()[:200]}"
+    return True, ""
+
+
+class Partitioner:
+    """
+    Cuts and heals the network between loopback addresses with ``iptables``.
+
+    :param hosts: every member's address.
+    :param chain: the chain's name (unique per run).
+    """
+
+    log = Logger()
+
+    def __init__(self, hosts: Sequence[str], chain: Optional[str] = None) -> None:
+        self.hosts = list(hosts)
+        self.chain = chain or f"TXRAFT-CHAOS-{os.getpid()}"
+        self._made = False
+        self.cut: List[Tuple[str, str]] = []
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def open(self) -> None:
+        """Make the chain and send ``INPUT`` through it."""
+        self._run("-N", self.chain)
+        self._made = True
+        self._run("-I", "INPUT", "-j", self.chain)
+
+    def partition(self, groups: Sequence[Sequence[str]]) -> None:
+        """
+        Heal, then cut every pair of addresses that are in different groups
+        (an address in no group is cut from all: isolated).  A *bridge* is an
+        address put in two groups.
+        """
+        self.heal()
+        side = {}
+        for number, group in enumerate(groups):
+            for host in group:
+                side.setdefault(host, set()).add(number)
+        for a in self.hosts:
+            for b in self.hosts:
+                if a != b and not side.get(a, set()) & side.get(b, set()):
+                    self._run("-A", self.chain, "-s", a, "-d", b, "-j", "DROP")
+                    self.cut.append((a, b))
+
+    def heal(self) -> None:
+        """Remove every rule; the members can reach each other again."""
+        if self._made:
+            self._run("-F", self.chain)
+        self.cut = []
+
+    def close(self) -> None:
+        """Remove the rules and the chain (safe to call twice, and after a failed :meth:`open`)."""
+        if not self._made:
+            return
+        self._run("-D", "INPUT", "-j", self.chain, check=False)
+        self._run("-F", self.chain, check=False)
+        self._run("-X", self.chain, check=False)
+        self._made = False
+
+
+@dataclass
+class Fault:
+    """One fault of a run, as it was applied (for the JSON result and the log)."""
+
+    kind: str
+    start: float
+    targets: List[str] = field(default_factory=list)
+    end: Optional[float] = None
+
+    def to_json(self):
+        return {"kind": self.kind, "targets": self.targets, "start": round(self.start, 3),
+                "end": None if self.end is None else round(self.end, 3)}
+
+
+class Nemesis:
+    """
+    Applies faults to a :class:`~txraft.testing.processes.LocalCluster`, one
+    at a time.
+
+    :param cluster: the cluster.
+    :param rng: the run's ``random.Random``.
+    :param kinds: which of :data:`FAULT_KINDS` to choose from.
+    :param partitioner: a :class:`Partitioner` (``None``: no partitions).
+    :param clock: seconds since the run started.
+    """
+
+    log = Logger()
+
+    def __init__(self, cluster, rng: random.Random, kinds: Sequence[str], partitioner=None,
+                 clock=time.monotonic) -> None:
+        unknown = sorted(set(kinds) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
+        if partitioner is None:
+            kinds = [k for k in kinds if not k.startswith("partition")]
+        if not kinds:
+            raise ValueError("no fault kind left to inject")
+        self.cluster = cluster
+        self.rng = rng
+        self.kinds = list(kinds)
+        self.partitioner = partitioner
+        self.clock = clock
+        self.faults: List[Fault] = []
+        self.current: Optional[Fault] = None
+        self._stopped: List = []
+        self._killed: List = []
+
+    def _hosts(self, members) -> List[str]:
+        return [m.host for m in members]
+
+    def start_fault(self, leader=None) -> Fault:
+        """
+        Apply one fault chosen at random.
+
+        :param leader: the current leader's :class:`Member`, if known
+            (leader-targeted kinds pick a random member without one).
+        """
+        kind = self.rng.choice(self.kinds)
+        members = list(self.cluster.members)
+        target = leader if kind.endswith("-leader") and leader is not None else self.rng.choice(members)
+        fault = Fault(kind, self.clock())
+        if kind == "partition-halves":
+            self.rng.shuffle(members)
+            cut = len(members) // 2
+            groups = [members[:cut], members[cut:]]
+            self.partitioner.partition([self._hosts(g) for g in groups])
+            fault.targets = [",".join(m.name for m in g) for g in groups]
+        elif kind == "partition-leader":
+            rest = [m for m in members if m is not target]
+            self.partitioner.partition([[target.host], self._hosts(rest)])
+            fault.targets = [target.name]
+        elif kind == "partition-bridge":
+            self.rng.shuffle(members)
+            bridge, rest = members[0], members[1:]
+            half = len(rest) // 2
+            groups = [[bridge] + rest[:half], [bridge] + rest[half:]]
+            self.partitioner.partition([self._hosts(g) for g in groups])
+            fault.targets = [",".join(m.name for m in g) for g in groups]
+        elif kind.startswith("kill"):
+            if target.running:
+                self.cluster.kill(target, signal.SIGKILL)
+                self._killed.append(target)
+            fault.targets = [target.name]
+        elif kind.startswith("pause"):
+            if target.running:
+                self.cluster.kill(target, signal.SIGSTOP)
+                self._stopped.append(target)
+            fault.targets = [target.name]
+        self.current = fault
+        self.faults.append(fault)
+        self.log.info("nemesis: {kind} {targets}", kind=kind, targets=fault.targets)
+        return fault
+
+    def heal(self) -> None:
+        """End the current fault: heal the network, resume paused members, restart killed ones."""
+        if self.partitioner is not None:
+            self.partitioner.heal()
+        for member in self._stopped:
+            self.cluster.kill(member, signal.SIGCONT)
+        self._stopped = []
+        for member in self._killed:
+            if member.process is not None:
+                member.process.wait(10)
+            self.cluster.start(member)
+        self._killed = []
+        if self.current is not None:
+            self.current.end = self.clock()
+            self.current = None
+
+    def close(self) -> None:
+        """Heal what can be healed without waiting; remove the partition rules."""
+        try:
+            if self.partitioner is not None:
+                self.partitioner.heal()
+            for member in self._stopped:
+                self.cluster.kill(member, signal.SIGCONT)
+            self._stopped = []
+        finally:
+            if self.partitioner is not None:
+                self.partitioner.close()
