@@ -170,8 +170,8 @@ async def test_replace_a_member_killed_with_kill_9(cluster):
         cluster.kill(dead)
         await cluster.wait_exit(dead)
         survivors = [m for m in founders if m is not dead]
-        # Started with --join alone: its name is admitted (in every --acl? no: the
-        # founders admit it once an operator records it), so record it first.
+        # The founders' --acl does not name it: an operator records it (and
+        # its certificate name) first, which admits it, then it is started.
         new = cluster.new_member(join=survivors)
         await change(cluster, survivors, lambda c: c.add_member(new.id, new.name))
         cluster.start(new)
