@@ -178,6 +178,35 @@ async def test_failures_are_one_line_and_non_zero(member, pki, tmp_path):
     await defer.ensureDeferred(body()).addTimeout(60, reactor)
 
 
+@pytest_twisted.ensureDeferred
+async def test_member_list_add_promote_remove_and_transfer_leader(member):
+    async def body():
+        c = member.cli_args
+        out, err, code = await txraft("member", "list", *c)
+        assert code == 0, err
+        assert out.split()[:3] == [member.raft.id, "leader", "-"]
+        new = "127.0.0.42:7999"
+        out, err, code = await txraft("member", "add", new, "--name", "member9", "--learner", *c)
+        assert code == 0, err
+        assert f"add {new}: done" in out and f"{new:<22} learner  member9" in out
+        out, err, code = await txraft("member", "list", "--json", *c)
+        listed = json.loads(out)
+        assert listed["leader"] == member.raft.id
+        assert {m["id"]: m["voter"] for m in listed["members"]} == {member.raft.id: True, new: False}
+        out, err, code = await txraft("member", "add", new, *c)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "already a member" in err
+        out, err, code = await txraft("member", "promote", new, *c)  # nothing runs there: never caught up
+        assert code == 1 and "not caught up" in err
+        out, err, code = await txraft("transfer-leader", *c)
+        assert code == 1 and "no other voter" in err
+        out, err, code = await txraft("member", "remove", new, *c)
+        assert code == 0 and new not in out.split("done", 1)[1], err
+        out, err, code = await txraft("member", "remove", new, *c)
+        assert code == 1 and "HTTP 404" in err
+
+    await defer.ensureDeferred(body()).addTimeout(60, reactor)
+
+
 class _Silent(protocol.Protocol):
     """Accepts a connection and never answers."""
 

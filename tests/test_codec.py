@@ -31,6 +31,11 @@ values = st.one_of(
     st.builds(m.GetLeaderReply, st.text(max_size=30)),
     st.just(m.GetMembers()), st.just(m.GetLeader()), st.just(m.ReadIndex()),
     st.builds(m.ReadIndexReply, ints),
+    st.builds(m.TimeoutNow, ints, ids), st.builds(m.TimeoutNowReply, ints),
+    st.builds(m.ChangeMembers, st.sampled_from(["add", "remove", "promote"]), ids, st.text(max_size=20),
+              st.booleans()),
+    st.builds(m.ChangeMembersReply, ints, ints),
+    st.builds(m.TransferLeadership, st.text(max_size=30)), st.builds(m.TransferLeadershipReply, ids),
 )
 
 
@@ -116,8 +121,10 @@ def test_a_snapshot_header_written_before_still_reads():
     from txraft.core.snapshot_header import read_header, write_header
 
     fileobj = io.BytesIO(MAIN_SNAPSHOT_HEADER + b"application data")
-    sessions, members = read_header(fileobj)
-    assert members == ("127.0.0.1:7001", "127.0.0.2:7002")
+    sessions, configuration = read_header(fileobj)
+    # Written before configurations were recorded: the members are the voters.
+    assert configuration.ids == ("127.0.0.1:7001", "127.0.0.2:7002")
+    assert configuration.voters == {"127.0.0.1:7001", "127.0.0.2:7002"} and not configuration.joint
     assert fileobj.read() == b"application data"
     assert sessions.applied(m.RequestId("s1", 1, 1)) and sessions.applied(m.RequestId("s1", 3, 1))
     assert not sessions.applied(m.RequestId("s1", 2, 1))

@@ -36,6 +36,7 @@ SCENARIOS = {
     "testing-guide": "test_testing_guide",
     "deployment-logs": "test_deployment_logs",
     "backup": "test_backup_and_restore",
+    "membership": "test_membership_library",
 }
 
 
@@ -148,6 +149,11 @@ def test_embedding(tmp_path):
 def test_testing_guide(tmp_path):
     """The testing guide's snippet (no unhandled error allowed) and random schedules run."""
     run_scenario("testing-guide", tmp_path)
+
+
+def test_membership_library(tmp_path):
+    """docs/membership.md: adding, removing and handing over on the simulator, as printed."""
+    run_scenario("membership", tmp_path)
 
 
 @pytest.mark.slow

@@ -98,10 +98,10 @@ def test_an_old_term_entry_on_a_majority_is_not_committed_and_may_be_replaced():
 def test_the_seed_commit_rule_loses_a_committed_entry(monkeypatch):
     """With the term check removed (the seed's rule), the checker sees S5 lead
     without the entry S1 committed."""
-    from txraft.core import quorum, replication
+    from txraft.core import replication
 
-    def count_replicas_only(matches, term, storage):
-        return quorum.quorum_index(matches)
+    def count_replicas_only(matches, term, storage, configuration):
+        return configuration.quorum_index(matches)
 
     monkeypatch.setattr(replication, "committable", count_replicas_only)
     with pytest.raises(SafetyViolation, match="leader completeness"):

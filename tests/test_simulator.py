@@ -24,6 +24,12 @@ REGRESSION_SEEDS = [
     # waited for its index to be overwritten; with no later traffic it sat
     # until its timeout on a healthy cluster (caught by the liveness check).
     (3, 68), (3, 75), (3, 94),
+    # Membership: learners refused votes, so a member promoted by an entry it
+    # had not received yet kept a joint configuration from electing anyone.
+    (3, 15),
+    # A member holding an uncommitted configuration that removed it had the
+    # most complete log; it never stood and no one else could win (deadlock).
+    (3, 107), (3, 240),
 ]
 
 
@@ -52,6 +58,24 @@ def test_schedules_exercise_the_faults_they_claim():
     assert sum(r.acknowledged for r in results) > 100
     assert sum(r.snapshots_installed for r in results) > 0
     assert sum(r.elections for r in results) > 20
+
+
+def test_schedules_change_the_membership_as_they_run():
+    results = [run_schedule(seed, members=3) for seed in range(10)]
+    assert sum(r.changes_committed for r in results) > 10
+    assert sum(r.transfers for r in results) > 5
+
+
+def test_checker_catches_learners_that_count(monkeypatch):
+    """Counting learners as voters lets them stand and decide; the checker says so."""
+    from txraft.core.membership import Configuration
+
+    def every_member_votes(self):
+        return [frozenset(x.id for x in group) for group in self._groups()]
+
+    monkeypatch.setattr(Configuration, "voting_sets", every_member_votes)
+    results = [run_schedule(seed, members=3) for seed in range(20)]
+    assert any("learners never" in (r.error or "") for r in results)
 
 
 def test_same_seed_replays_the_same_schedule():

@@ -11,6 +11,11 @@ The ``txraft`` command line.
     txraft delete colour
     txraft status
     txraft check perf --server https://10.0.0.1:8001 --connections 8 --duration 10
+    txraft member list                 # members, roles, and on the leader how far each has caught up
+    txraft member add 10.0.0.4:7000 --name member4 [--learner]
+    txraft member remove 10.0.0.2:7000
+    txraft member promote 10.0.0.4:7000
+    txraft transfer-leader [--to 10.0.0.3:7000]
     txraft demo                        # a 3-member cluster of real processes, start to finish
 
 The connection options may also come from the environment: ``TXRAFT_SERVER``,
@@ -115,6 +120,23 @@ def _parser():
     connection(perf)
     # Load only ever goes to a cluster the user names: no default server.
     perf.set_defaults(server=os.environ.get("TXRAFT_SERVER"))
+    member = sub.add_parser("member", help="list, add, remove or promote members")
+    actions = member.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    connection(actions.add_parser("list", help="list the members, their roles and progress"))
+    add = actions.add_parser("add", help="add a member: a learner, promoted to voter once caught up")
+    add.add_argument("member_id", metavar="HOST:PORT")
+    add.add_argument("--name", help="the certificate name the member presents")
+    add.add_argument("--learner", action="store_true", help="keep it a learner (never promoted on its own)")
+    connection(add)
+    for action, text in (("remove", "remove a member"), ("promote", "make a learner a voter")):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("member_id", metavar="HOST:PORT")
+        connection(p)
+
+    transfer = sub.add_parser("transfer-leader", help="hand leadership to another voter")
+    transfer.add_argument("--to", metavar="HOST:PORT", help="the voter to hand to (default: the most up to date)")
+    connection(transfer)
 
     demo = sub.add_parser("demo", help="run a 3-member cluster of twistd processes and show failover")
     demo.add_argument("--timeout", type=float, default=180.0, help="overall limit in seconds (default %(default)s)")
@@ -188,10 +210,45 @@ async def _run_client(args, reactor):
                 raise _Failed(f"compare-and-set refused: {args.name!r} is {now}", NOT_FOUND_OR_CONFLICT)
             if not args.json:
                 print(f"swapped {args.name!r} at index {reply.get('index')}")
+        elif args.command == "member":
+            await _run_member(args, client)
+        elif args.command == "transfer-leader":
+            reply = await client.transfer_leader(args.to)
+            _print_json(reply) if args.json else print(f"{reply.get('leader')} leads")
     except ClientError as e:
         if e.status == 429:
             raise _Failed(f"{e} (the cluster is busy: nothing was stored; try again in a moment)")
         raise _Failed(str(e))
+
+
+async def _run_member(args, client):
+    if args.action == "list":
+        reply = await client.members()
+    elif args.action == "add":
+        reply = await client.add_member(args.member_id, args.name, voter=not args.learner)
+    elif args.action == "remove":
+        reply = await client.remove_member(args.member_id)
+    else:
+        reply = await client.promote(args.member_id)
+    if args.json:
+        _print_json(reply)
+        return
+    if args.action != "list":
+        print(f"{args.action} {args.member_id}: done")
+    print(_format_members(reply))
+
+
+def _format_members(reply):
+    leader = reply.get("leader") or ""
+    lines = []
+    for m in reply.get("members") or []:
+        role = "leader" if m.get("id") == leader else ("voter" if m.get("voter") else "learner")
+        match = f"  match {m['match_index']}" if "match_index" in m else ""
+        leaving = "  (leaving)" if m.get("leaving") else ""
+        lines.append(f"{m.get('id'):<22} {role:<8} {m.get('name') or '-'}{match}{leaving}")
+    if reply.get("change"):
+        lines.append(f"change in progress: {reply['change']}")
+    return "\n".join(lines)
 
 
 def _format_status(s):

@@ -71,6 +71,12 @@ TAGS = {
     m.GetLeaderReply: 21,
     m.ReadIndex: 22,
     m.ReadIndexReply: 23,
+    m.TimeoutNow: 24,
+    m.TimeoutNowReply: 25,
+    m.ChangeMembers: 26,
+    m.ChangeMembersReply: 27,
+    m.TransferLeadership: 28,
+    m.TransferLeadershipReply: 29,
 }
 _TYPES = {tag: cls for cls, tag in TAGS.items()}
 
@@ -393,15 +399,23 @@ SNAPSHOT_HEADER_MAGIC = b"TXRS"
 _LENGTH = struct.Struct(">I")
 
 
-def encode_snapshot_header(sessions, members) -> bytes:
+def encode_snapshot_header(sessions, members, configuration=None) -> bytes:
     """
     :param sessions: the session table's wire form
         (:meth:`txraft.core.sessions.SessionTable.to_wire`).
     :param members: the member ids.
+    :param configuration: the membership configuration's wire form
+        (:meth:`txraft.core.membership.Configuration.to_wire`), or ``None``.
     :returns: the header: :data:`SNAPSHOT_HEADER_MAGIC`, the body's length (4 bytes,
-        big-endian), and a msgpack map ``{"sessions": ..., "members": [...]}``.
+        big-endian), and a msgpack map ``{"sessions": ..., "members": [...]}``,
+        with ``"configuration"`` when given (headers written before runtime
+        membership changes have none, and readers then take ``members`` as
+        the voters).
     """
-    body = msgpack.packb({"sessions": sessions, "members": list(members)}, use_bin_type=True)
+    body = {"sessions": sessions, "members": list(members)}
+    if configuration is not None:
+        body["configuration"] = configuration
+    body = msgpack.packb(body, use_bin_type=True)
     return SNAPSHOT_HEADER_MAGIC + _LENGTH.pack(len(body)) + body
 
 
@@ -410,9 +424,11 @@ def decode_snapshot_header(fileobj):
     Read a header made by :func:`encode_snapshot_header` from the binary file
     ``fileobj``, leaving it at the first byte after the header.
 
-    :returns: ``(sessions, members)``: the session table's wire form (a list,
-        checked by :meth:`~txraft.core.sessions.SessionTable.from_wire`) and a
-        tuple of member ids.
+    :returns: ``(sessions, members, configuration)``: the session table's
+        wire form (a list, checked by
+        :meth:`~txraft.core.sessions.SessionTable.from_wire`), a tuple of
+        member ids, and the configuration's wire form (checked by
+        :meth:`~txraft.core.membership.Configuration.from_wire`) or ``None``.
     :raises ValueError: when the data does not start with a well-formed header.
     """
     magic = SNAPSHOT_HEADER_MAGIC
@@ -424,9 +440,9 @@ def decode_snapshot_header(fileobj):
     if len(body) != length:
         raise ValueError("snapshot header is truncated")
     raw = _unpack(body, "the snapshot header")
-    # Keys other than these two are ignored, as they always were.
+    # Keys other than these three are ignored, as they always were.
     if type(raw) is not dict or "sessions" not in raw or "members" not in raw:
         raise ValueError("the snapshot header must be a map of sessions and members")
     if type(raw["sessions"]) is not list:
         raise ValueError("the snapshot header's sessions must be a list")
-    return raw["sessions"], _load_texts(raw["members"], "the snapshot header's members")
+    return raw["sessions"], _load_texts(raw["members"], "the snapshot header's members"), raw.get("configuration")

@@ -88,6 +88,13 @@ class RaftConfig:
     :ivar insecure: use plain TCP without TLS (never in production).
     :ivar peer_names: member id -> certificate name, for members given as
         ``NAME@HOST:PORT``.
+    :ivar auto_promote: a member added as a voter joins as a learner and the
+        leader promotes it once it has caught up; when false it stays a
+        learner until promoted explicitly.
+    :ivar join: members of a running cluster to ask to add this one; a member
+        with a non-empty ``join`` and an empty log starts with no
+        configuration of its own and waits to be added.
+    :ivar name: this member's certificate name, recorded when it joins.
     """
 
     log_dir: Optional[str] = None
@@ -111,6 +118,9 @@ class RaftConfig:
     acl: Tuple[str, ...] = ()
     insecure: bool = False
     peer_names: Dict[str, str] = field(default_factory=dict)
+    auto_promote: bool = True
+    join: Tuple[str, ...] = ()
+    name: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -152,5 +162,7 @@ class RaftConfig:
         if not isinstance(self.max_queued_appends, int) or self.max_queued_appends < 0:
             raise ConfigurationError(
                 f"max_queued_appends must be a non-negative integer, got {self.max_queued_appends!r}")
+        for contact in self.join:
+            parse_host_port(contact, "join")
         if self.fsync not in FSYNC_POLICIES:
             raise ConfigurationError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")

@@ -91,6 +91,27 @@ class InvalidRequest(RaftError):
 
 class CommandTooLarge(InvalidRequest):
     """A command is larger than the leader's ``max_command_bytes``; it was not placed in the log."""
+class MembershipError(RaftError):
+    """
+    A membership change or leadership transfer was refused; nothing changed.
+    The message says why (the member is already present, it would remove the
+    last voter, the learner has not caught up, ...).
+    """
+
+
+class UnknownMember(MembershipError):
+    """The member named is not part of the cluster's configuration."""
+
+
+class ChangeInProgress(MembershipError):
+    """
+    Another membership change (or a leadership transfer) is under way, or the
+    leader has not yet committed an entry of its own term: retry later.
+    """
+
+
+class LeaderNotReady(ChangeInProgress):
+    """The leader has not yet committed an entry of its own term; a change may follow in moments."""
 
 
 class ConfigurationError(RaftError):

@@ -19,6 +19,7 @@ with any :class:`twisted.web.server.Site`::
                                "index": N}`` or 409 ``{"ok": false, "current": str|null}``
 ``GET /v1/status``             the member's :class:`~txraft.core.raft.Status` as JSON
 ``GET /metrics``               Prometheus text exposition (:class:`txraft.metrics.MemberMetrics`)
+``/v1/members``, ``/v1/leader`` membership and leadership transfer: :mod:`txraft.http_members`
 =============================  ==============================================================
 
 Every member accepts every request: the member API forwards writes and read
@@ -101,6 +102,12 @@ def create_api(raft, store, metrics=None, request_timeout=None, max_command_size
     root.putChild(b"v1", v1)
     root.putChild(b"metrics", MetricsResource(metrics))
     v1.putChild(b"status", StatusResource(raft))
+    from txraft.http_members import MembersResource, TransferResource  # it builds on this module
+
+    v1.putChild(b"members", MembersResource(raft))
+    leader = _Directory()
+    v1.putChild(b"leader", leader)
+    leader.putChild(b"transfer", TransferResource(raft))
     if isinstance(store, KeyValueStore):
         kv = KeyValueClient(raft, store, metrics=metrics, timeout=request_timeout)
         v1.putChild(b"kv", KeyValueResource(kv, max_command_size))
@@ -223,8 +230,8 @@ def _failure_response(failure):
         return _Response.json(503, {"error": f"timed out: {error}"})
     if isinstance(error, (errors.NotLeader, errors.TransportError)):
         return _Response.json(503, {"error": f"no leader reachable: {error}"})
-    if isinstance(error, errors.Stopped):
-        return _Response.json(503, {"error": f"member stopped: {error}"})
+    if isinstance(error, (errors.Stopped, errors.MembershipError)):
+        return _Response.json(503, {"error": f"member unavailable: {error}"})
     if isinstance(error, errors.ApplyError) and isinstance(error.cause, InvalidCommand):
         return _Response.json(400, {"error": str(error.cause)})
     log.failure("HTTP API request failed", failure, level=LogLevel.error)

@@ -217,6 +217,38 @@ class Client:
         raise self._failure("POST", url, code, body)
 
 
+    async def _call_json(self, method, path, document=None):
+        url = self._url() + path
+        data = None if document is None else json.dumps(document).encode()
+        code, body = await self._request(method, url, data=data)
+        if code != 200:
+            raise self._failure(method, url, code, body)
+        return self._json(code, body, url)
+
+    async def members(self):
+        """:returns: ``GET /v1/members``: the leader, each member, the change in flight."""
+        return await self._call_json("GET", "/v1/members")
+
+    async def add_member(self, member_id, name=None, voter=True):
+        """Add ``member_id`` (a learner first; a voter once caught up when ``voter``); :returns: the membership."""
+        document = {"id": member_id, "voter": voter}
+        if name:
+            document["name"] = name
+        return await self._call_json("POST", "/v1/members", document)
+
+    async def remove_member(self, member_id):
+        """:returns: the membership once ``member_id`` is removed."""
+        return await self._call_json("DELETE", f"/v1/members/{quote(member_id, safe=':')}")
+
+    async def promote(self, member_id):
+        """:returns: the membership once the learner ``member_id`` votes."""
+        return await self._call_json("POST", f"/v1/members/{quote(member_id, safe=':')}/promote")
+
+    async def transfer_leader(self, to=None):
+        """:returns: ``{"leader": ID}`` once leadership moved (to ``to``, or the most up-to-date voter)."""
+        return await self._call_json("POST", "/v1/leader/transfer", {} if to is None else {"to": to})
+
+
 def _bytes(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 

@@ -127,6 +127,15 @@ class IRaftObserver(Interface):
         :param meta: its :class:`txraft.messages.SnapshotMeta`.
         """
 
+    def configuration_changed(configuration):
+        """
+        This member's membership configuration changed (an entry appended or
+        overwritten, or a snapshot installed); it is in effect already,
+        committed or not.
+
+        :param configuration: the :class:`txraft.core.membership.Configuration`.
+        """
+
 
 class ISnapshotWriter(Interface):
     """A snapshot being written.  Nothing of it is visible until :meth:`commit`."""

@@ -13,6 +13,8 @@ and transport interfaces only; :mod:`txraft.defaults` builds the default ones.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -20,12 +22,58 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txraft import defaults, errors
+from txraft import messages as m
+from txraft.config import parse_host_port
+from txraft.core.membership import Configuration
 from txraft.core.observers import RaftObserver
 from txraft.core.raft import RaftCore
 from txraft.core.waiters import Waiters
 from txraft.interfaces import IRPCHandler
 from txraft.messages import Role, Status
 from txraft.proposals import Proposals
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """
+    One member as :meth:`Raft.membership` reports it.
+
+    :ivar id: ``HOST:PORT``.
+    :ivar name: its certificate name (``""``: none recorded).
+    :ivar voter: whether it votes (else a learner).
+    :ivar match_index: on the leader, the last index known to match the
+        leader's log (the leader's own last index for itself); else ``None``.
+    :ivar leaving: it belongs to the outgoing half of a joint configuration only.
+    """
+
+    id: str
+    name: str = ""
+    voter: bool = True
+    match_index: Optional[int] = None
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class Membership:
+    """
+    :ivar leader: the leader this member knows of, or ``""``.
+    :ivar members: a :class:`MemberStatus` per member, sorted by id.
+    :ivar change: on the leader, the configuration change in flight, as text; else ``None``.
+    """
+
+    leader: str
+    members: Tuple[MemberStatus, ...]
+    change: Optional[str] = None
+
+
+class _ConfigurationFollower(RaftObserver):
+    """Tells the transport of each new configuration (its ACL follows the members)."""
+
+    def __init__(self, follow):
+        self.follow = follow
+
+    def configuration_changed(self, configuration):
+        self.follow(configuration)
 
 
 class _AppliedWaiters(RaftObserver):
@@ -84,6 +132,10 @@ class Raft:
         self.rng = rng if rng is not None else random.Random()
         self.id = config.listen
         self._members = [self.id]
+        self._names = dict(config.peer_names or {})
+        self._joining = bool(config.join)
+        self._contacts = tuple(config.join)
+        self._join_call = None
         self._transport = transport
         self._storage = storage
         self.core = None
@@ -94,23 +146,180 @@ class Raft:
 
     # -- membership and lifecycle -----------------------------------------
 
-    def add_member(self, member_id):
+    def add_member(self, member_id, name=None, voter=True):
         """
-        Add a member (``"host:port"``) to the cluster.  Only before :meth:`start`.
+        Add a member (``"host:port"``) to the cluster.
+
+        Before :meth:`start` this lists a member of the bootstrap
+        configuration, as every member of a new cluster does for all the
+        others, and returns ``None``.  After start it proposes the change to
+        the leader (see :doc:`/membership`): the member joins as a learner
+        and, when ``voter`` and ``config.auto_promote``, is promoted once it
+        has caught up.
+
+        :param str name: the certificate name the member presents.
+        :returns: after start, a Deferred firing once the addition is
+            committed, or failing with :class:`~txraft.errors.MembershipError`
+            (already a member, a change in flight:
+            :class:`~txraft.errors.ChangeInProgress`),
+            :class:`~txraft.errors.NotLeader` or
+            :class:`~txraft.errors.Timeout`.
+        :raises TypeError: for an id that is not a non-empty str.
+        :raises ConfigurationError: for an id that is not ``HOST:PORT``.
+        """
+        if not isinstance(member_id, str) or not member_id:
+            raise TypeError(f"member id must be a non-empty str, got {member_id!r}")
+        parse_host_port(member_id, "member id")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        if self._state == "new":
+            if member_id not in self._members:
+                self._members.append(member_id)
+            if name:
+                self._names[member_id] = name
+            return None
+        return self._change("add", member_id, name or "", bool(voter))
+
+    def join(self, contacts=None):
+        """
+        Before :meth:`start`: start with no configuration of its own and wait
+        to be added to a running cluster (a log that already holds a
+        configuration wins).  With ``contacts`` (``HOST:PORT`` of members)
+        the member asks them, in turn, to add it, as ``twistd raft --join``
+        does; otherwise an operator adds it (:meth:`add_member` elsewhere).
 
         :raises RaftError: after start.
         """
         if self._state != "new":
-            raise errors.RaftError("members can only be added before start()")
+            raise errors.RaftError("join() must be called before start()")
+        if contacts is not None:
+            contacts = tuple(contacts)
+            for contact in contacts:
+                parse_host_port(contact, "join")
+            self._contacts = contacts
+        self._joining = True
+
+    def remove_member(self, member_id):
+        """
+        Remove ``member_id`` from the cluster (after :meth:`start`).  A leader
+        that removes itself hands over and steps down once the change commits.
+
+        :returns: a Deferred firing once the removal is committed, or failing
+            with :class:`~txraft.errors.UnknownMember`,
+            :class:`~txraft.errors.MembershipError` (it is the last voter),
+            :class:`~txraft.errors.ChangeInProgress`, ...
+        """
+        return self._change("remove", member_id)
+
+    def promote(self, member_id):
+        """
+        Make the learner ``member_id`` a voter.
+
+        :returns: a Deferred firing once the promotion is committed, or
+            failing with :class:`~txraft.errors.MembershipError` when it has
+            not caught up with the leader's log or already votes.
+        """
+        return self._change("promote", member_id)
+
+    def _change(self, action, member_id, name="", voter=True):
         if not isinstance(member_id, str) or not member_id:
             raise TypeError(f"member id must be a non-empty str, got {member_id!r}")
-        if member_id not in self._members:
-            self._members.append(member_id)
+        if self._state != "running":
+            return defer.fail(errors.Stopped(f"member {self.id} is not running"))
+        d = defer.ensureDeferred(self._change_when_ready(action, member_id, name, voter))
+        d.addTimeout(self.config.request_timeout, self.reactor, self._change_timed_out)
+        return d
+
+    async def _change_when_ready(self, action, member_id, name, voter):
+        while True:
+            try:
+                placed = await self.core.change_members(action, member_id, name, voter)
+                break
+            except defer.TimeoutError:
+                raise errors.Timeout(f"the leader did not answer the {action} request in time; "
+                                     "it may still take effect") from None
+            except (errors.LeaderNotReady, errors.NotLeader) as e:
+                # Nothing was proposed: a leader that has just been elected,
+                # or none known yet.  Ask again in a moment.
+                if isinstance(e, errors.NotLeader) and e.leader or self._state != "running":
+                    raise
+                await self._sleep(self.config.heartbeat)
+        return await self.core.wait_for_change(*placed)
+
+    @staticmethod
+    def _change_timed_out(result, timeout):
+        raise errors.Timeout(f"the membership change did not complete within {timeout} seconds; "
+                             "it may still take effect")
+
+    def transfer_leadership(self, to=None):
+        """
+        Hand leadership over to the voter ``to``, or to the most up-to-date
+        voter (Raft dissertation section 3.10).  The leader accepts no new
+        command meanwhile (they wait and go to the next leader), and leads on
+        if the transfer has not completed within an election timeout.
+
+        :returns: a Deferred firing with the new leader's id once this member
+            sees it lead, or failing with :class:`~txraft.errors.Timeout`,
+            :class:`~txraft.errors.NotLeader`, or
+            :class:`~txraft.errors.MembershipError` for a ``to`` that cannot lead.
+        """
+        if to is not None and (not isinstance(to, str) or not to):
+            raise TypeError(f"to must be a member id or None, got {to!r}")
+        if self._state != "running":
+            return defer.fail(errors.Stopped(f"member {self.id} is not running"))
+        return self._transfer(to)
+
+    def _transfer(self, to):
+        deadline = self.reactor.seconds() + 2 * self.config.election_base + self.config.rpc_timeout
+        before = self.core.leader
+        d = self.core.transfer_leadership(to)
+        d.addErrback(lambda f: f.trap(defer.TimeoutError) and defer.fail(errors.Timeout(
+            "the leader did not answer the transfer request in time")))
+        return d.addCallback(self._await_new_leader, before, deadline)
+
+    @defer.inlineCallbacks
+    def _await_new_leader(self, target, previous, deadline):
+        while self._state in ("running", "stopping") and self.core.role is not Role.STOPPED:
+            leader = self.core.leader
+            if leader and (leader == target or leader != previous):
+                return leader
+            if self.reactor.seconds() >= deadline:
+                raise errors.Timeout(f"leadership went to {target}, but no new leader was seen in time")
+            yield self._sleep(self.config.heartbeat / 4)
+        raise errors.Stopped(f"member {self.id} stopped")
 
     @property
     def members(self):
-        """Every member's id, sorted."""
+        """Ids of every member of the configuration in effect (sorted)."""
+        if self.core is not None:
+            return self.core.members
         return tuple(sorted(self._members))
+
+    def membership(self):
+        """
+        :returns: a :class:`Membership`: the leader this member knows of, each
+            member's id, certificate name and role, and, on the leader, how
+            far each member's log matches and the change in flight.
+        """
+        if self.core is None:
+            configuration = Configuration.bootstrap(self._members, self._names)
+            return Membership("", tuple(MemberStatus(x.id, x.name, x.voter) for x in configuration.members))
+        core = self.core
+        configuration = core.configuration
+        leading = core.role is Role.LEADER
+        listed = []
+        for member in configuration.members + (configuration.old or ()):
+            if any(x.id == member.id for x in listed):
+                continue
+            match = None
+            if leading:
+                progress = core.progress_of(member.id)
+                match = core.storage.last_index if member.id == self.id else (
+                    progress.match_index if progress is not None else None)
+            listed.append(MemberStatus(member.id, member.name, configuration.is_voter(member.id), match,
+                                       leaving=member not in configuration.members))
+        change = configuration.describe() if leading and core.change_in_flight() else None
+        return Membership(core.leader, tuple(listed), change)
 
     @defer.inlineCallbacks
     def start(self):
@@ -132,14 +341,52 @@ class Raft:
         # Requests that arrive before the core exists are refused as Stopped.
         listening = yield self._transport.start(self)
         self._adopt_address(listening)
-        self.core = RaftCore(self.id, self._members, self._storage, self._transport,
+        bootstrap = Configuration.bootstrap(self._members, self._names)
+        if self._joining and self._storage.last_index == 0:
+            # Waits to be added.  A member that holds a log (restarted after
+            # joining, or bootstrapped) takes its configuration from it.
+            bootstrap = Configuration(())
+        self.core = RaftCore(self.id, bootstrap, self._storage, self._transport,
                              self.client, self.reactor, self.rng, self.config)
         self._proposals = Proposals(self.core, self.reactor, self.config, self._session)
         self.core.add_observer(self._proposals)
         self.core.add_observer(self._applied_waiters)
         self.core.add_observer(_LeaderLog(self.id))
+        follow = getattr(self._transport, "follow_configuration", None)
+        if follow is not None:
+            self.core.add_observer(_ConfigurationFollower(follow))
+        self.core.add_observer(_ConfigurationFollower(self._on_configuration))
         self.core.start()
         self._state = "running"
+        if self._joining and self._contacts and self.id not in self.core.members:
+            self._ask_to_join(0)
+
+    def _ask_to_join(self, attempt):
+        """Ask the contacts in turn to add this member, until one has (``--join``)."""
+        self._join_call = None
+        if self._state != "running" or self.id in self.core.members:
+            return
+        contact = self._contacts[attempt % len(self._contacts)]
+        request = m.ChangeMembers("add", self.id, self.config.name, True)
+        d = self._transport.send(contact, request)
+        d.addTimeout(self.config.rpc_timeout, self.reactor)
+
+        def refused(failure):
+            if failure.check(errors.MembershipError) and "already a member" in failure.getErrorMessage():
+                return
+            self.log.info("{member}: asking {contact} to add it failed: {error}", member=self.id,
+                          contact=contact, error=failure.getErrorMessage())
+            if self._state == "running":
+                self._join_call = self.reactor.callLater(
+                    min(5 * self.config.heartbeat * (attempt + 1), 5.0), self._ask_to_join, attempt + 1)
+
+        d.addCallbacks(lambda reply: self.log.info("{member} added by the cluster at {index}",
+                                                   member=self.id, index=reply.index), refused)
+
+    def _on_configuration(self, configuration):
+        if self.core.removed():
+            # Nothing more will be applied here: answer waiting appends now.
+            self._proposals.fail_waiting(errors.MembershipError(f"{self.id} was removed from the cluster"))
 
     def _adopt_address(self, address):
         """With ``listen`` on port 0, the id becomes the address actually bound."""
@@ -155,15 +402,27 @@ class Raft:
         return self.core.receive(message)
 
     @defer.inlineCallbacks
-    def stop(self):
+    def stop(self, transfer=False):
         """
         Stop the member: fail waiting ``append()`` calls with
         :class:`~txraft.errors.Stopped`, close the transport and flush storage.
         A stopped member cannot be started again.
+
+        :param bool transfer: when this member leads, first hand leadership
+            to the most up-to-date voter (waiting at most two election
+            timeouts), so that clients see no failover delay.
         """
         if self._state in ("stopping", "stopped"):
             return
         previous, self._state = self._state, "stopping"
+        if transfer and previous == "running" and self.core.role is Role.LEADER \
+                and len(self.core.configuration.voters) > 1:
+            # Hand over first, so that a rolling restart loses (almost) no writes.
+            try:
+                yield self._transfer(None)
+            except Exception as e:
+                self.log.info("{member}: no leadership transfer before stopping: {error}",
+                              member=self.id, error=e)
         self._halt("stopped")
         if self._transport is not None and previous != "new":
             yield self._transport.stop()
@@ -182,6 +441,9 @@ class Raft:
 
     def _halt(self, how):
         """Stop the core and fail everything waiting on this member with Stopped."""
+        if self._join_call is not None and self._join_call.active():
+            self._join_call.cancel()
+        self._join_call = None
         if self.core is not None:
             self.core.stop()
         if self._proposals is not None:

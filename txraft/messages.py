@@ -36,6 +36,10 @@ class EntryKind(enum.IntEnum):
     #: The empty entry a new leader appends in its term (Raft paper section 8);
     #: it lets the leader commit entries of earlier terms.
     NOOP = 1
+    #: A membership configuration (:class:`txraft.core.membership.Configuration`,
+    #: encoded in ``data``); it takes effect as soon as it is appended
+    #: (Raft dissertation section 4.1).
+    CONFIG = 2
 
 
 class Role(str, enum.Enum):
@@ -267,3 +271,56 @@ class ReadIndex:
 @dataclass(frozen=True)
 class ReadIndexReply:
     index: int
+
+
+@dataclass(frozen=True)
+class TimeoutNow:
+    """
+    The leader hands over leadership (Raft dissertation section 3.10): the
+    receiver, whose log the leader has checked is up to date, stands for
+    election at once, without a pre-vote.
+    """
+
+    term: int
+    leader: str
+
+
+@dataclass(frozen=True)
+class TimeoutNowReply:
+    term: int
+
+
+@dataclass(frozen=True)
+class ChangeMembers:
+    """
+    A member forwards a membership change to the leader: ``action`` is
+    ``"add"`` (``member`` with certificate ``name``, to become a voter when
+    ``voter``), ``"remove"`` or ``"promote"``.
+    """
+
+    action: str
+    member: str
+    name: str = ""
+    voter: bool = True
+
+
+@dataclass(frozen=True)
+class ChangeMembersReply:
+    """Where the leader put the entry that starts the change."""
+
+    term: int
+    index: int
+
+
+@dataclass(frozen=True)
+class TransferLeadership:
+    """A member forwards a request to hand leadership over to ``to`` (``""``: the leader's choice)."""
+
+    to: str = ""
+
+
+@dataclass(frozen=True)
+class TransferLeadershipReply:
+    """The member leadership is being handed to."""
+
+    to: str

@@ -169,6 +169,12 @@ class CountingTransport:
             self.snapshot_bytes[peer] = self.snapshot_bytes.get(peer, 0) + len(message.data)
         return self.transport.send(peer, message)
 
+    def follow_configuration(self, configuration):
+        """Pass a membership change to the wrapped transport, if it follows them."""
+        follow = getattr(self.transport, "follow_configuration", None)
+        if follow is not None:
+            follow(configuration)
+
     def stop(self):
         return self.transport.stop()
 

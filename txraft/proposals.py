@@ -232,6 +232,11 @@ class Proposals(RaftObserver):
         for pending in list(self._pending.values()):
             self._finish(pending, error)
 
+    def fail_waiting(self, error):
+        """Fail every waiting append with ``error`` (this member was removed); later ones are submitted."""
+        for pending in list(self._pending.values()):
+            self._finish(pending, error)
+
     def _request_id(self, pending):
         # Sequence numbers are handed out in increasing order and the dict
         # keeps insertion order, so its first key is the lowest one pending.

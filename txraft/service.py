@@ -353,7 +353,9 @@ class RaftService(service.MultiService):
         if self.metrics is not None:
             self.metrics.stop()
         if self.raft is not None:
-            await self.raft.stop()
+            # A leader hands over first (twistd's SIGTERM lands here), so a
+            # rolling restart costs a transfer, not an election timeout.
+            await self.raft.stop(transfer=True)
         await defer.maybeDeferred(super_stop)
 
     # -- the HTTP API -------------------------------------------------------------

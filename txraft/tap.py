@@ -176,6 +176,8 @@ class Options(usage.Options):
         ["allow-readable-key", None,
          "Start even if other users may read --key (a warning is logged); a key others may change is "
          "always refused."],
+        ["no-auto-promote", None,
+         "As leader, leave members added as voters learners until promoted explicitly (txraft member promote)."],
     ]
 
     optParameters = [
@@ -209,6 +211,10 @@ class Options(usage.Options):
          "with --http unless --insecure)."],
         ["request-timeout", None, DEFAULTS["request-timeout"],
          "Seconds a client request may wait for a quorum before it fails (HTTP 503)."],
+        ["join", None, None,
+         "Comma-separated HOST:PORT of running members: with an empty log directory, ask them to add this "
+         "member (as a learner, promoted once caught up) instead of starting a cluster of --peers. "
+         "See docs/membership.md."],
     ]
 
     compData = usage.Completions(
@@ -255,6 +261,11 @@ class Options(usage.Options):
         self["member_id"] = me
         self["members"] = tuple(members)
         self["peer_names"] = dict(peers.names)
+        self["join_members"] = ()
+        if self["join"]:
+            self["join_members"] = tuple(parse_peers(self["join"]).ids)
+            if me in self["join_members"]:
+                raise ConfigurationError(f"--join {self['join']}: names this member itself")
 
         for option in ("heartbeat", "election-timeout", "request-timeout"):
             self[option] = _seconds(option, self[option])
@@ -293,7 +304,7 @@ class Options(usage.Options):
 
             self["credentials"] = TLSCredentials.load(self["cert"], self["key"], self["ca"])
             self["credentials"].check_own_certificate()
-            if len(members) > 1 and not acl:
+            if (len(members) > 1 or self["join_members"]) and not acl:
                 raise ConfigurationError(
                     "no member would be admitted: give --acl NAME,... or name the members in --peers "
                     "(NAME@HOST:PORT)")
@@ -338,7 +349,19 @@ class Options(usage.Options):
             acl=self["acl_names"],
             insecure=bool(self["insecure"]),
             peer_names=self["peer_names"],
+            auto_promote=not self["no-auto-promote"],
+            join=self["join_members"],
+            name=self._own_name(),
         )
+
+    def _own_name(self):
+        """The certificate name this member presents (recorded in the configuration when it joins)."""
+        if self["credentials"] is None:
+            return ""
+        from txraft.transport.tls import certificate_names
+
+        names = sorted(certificate_names(self["credentials"].certificate))
+        return names[0] if names else ""
 
 
 def makeService(options):

@@ -370,7 +370,7 @@ def test_snapshot_keeps_the_log_after_a_matching_last_entry():
     m.AppendEntries(1, B, 0, 0, entries(2), 0),  # entry term above the request's
     m.AppendEntries(2, B, 0, 0, entries(2, 1), 0),  # terms decrease along the log
     m.AppendEntries(1, B, 0, 3, (), 0),  # prev_term for index 0
-    m.AppendEntries(1, "10.9.9.9:1", 0, 0, entries(1), 0),  # not a member
+    m.AppendEntries(1, "", 0, 0, entries(1), 0),  # no leader named
     m.RequestVote(1, A, 0, 0),  # claims to be the receiver itself
     m.AppendEntries(1, B, -5, 0, (), 0),  # negative index
     m.AppendEntries(1, B, 0, 0, (), -1),  # negative commit

@@ -105,6 +105,12 @@ def default_reply(message):
         return m.GetLeaderReply("127.0.0.11:1")
     if isinstance(message, m.ReadIndex):
         return m.ReadIndexReply(42)
+    if isinstance(message, m.TimeoutNow):
+        return m.TimeoutNowReply(message.term + 1)
+    if isinstance(message, m.ChangeMembers):
+        return m.ChangeMembersReply(3, 17)
+    if isinstance(message, m.TransferLeadership):
+        return m.TransferLeadershipReply("127.0.0.13:7003")
     raise AssertionError(f"unexpected {message!r}")
 
 

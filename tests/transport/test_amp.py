@@ -33,6 +33,9 @@ REQUESTS = [
     m.GetMembers(),
     m.GetLeader(),
     m.ReadIndex(),
+    m.TimeoutNow(term=5, leader="127.0.0.12:7002"),
+    m.ChangeMembers(action="add", member="127.0.0.14:7004", name="member4", voter=True),
+    m.TransferLeadership(to=""),
 ]
 
 

@@ -183,3 +183,32 @@ async def test_one_name_check_refuses_a_wrong_name_on_the_member_port_and_the_ht
                and "no certificate name is in the ACL" in line for line in logged)
     assert any(line.startswith("HTTP API: refused client ") and "['outsider']" in line
                and "no name is in --client-acl" in line for line in logged)
+
+
+@bounded(15)
+async def test_the_acl_follows_the_membership_configuration(members):
+    """A name the configuration records is admitted, and binds that member's id, from the next connection on."""
+    from twisted.internet import reactor, task
+
+    from txraft.core.membership import Configuration, Member
+
+    handler = Recorder()
+    server = await members.started(1, handler)
+    newcomer = await members.started(3, name="outsider")
+    with pytest.raises(e.TransportError):
+        await newcomer.send(server.address, m.ReadIndex())
+    server.follow_configuration(Configuration.of([Member(server.address, "member1"),
+                                                  Member(newcomer.address, "outsider", voter=False),
+                                                  Member("127.0.0.12:7002", "member2")]))
+    for _ in range(100):  # the refused link reconnects on its own
+        try:
+            assert await newcomer.send(server.address, m.ReadIndex()) == m.ReadIndexReply(42)
+            break
+        except e.TransportError:
+            await task.deferLater(reactor, 0.05, lambda: None)
+    else:
+        raise AssertionError("the newcomer was never admitted")
+    # Its recorded name binds its id: another admitted member cannot claim it.
+    member = await members.started(2)
+    with pytest.raises(e.Unauthorized):
+        await member.send(server.address, vote(newcomer.address))

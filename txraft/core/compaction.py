@@ -4,7 +4,7 @@ the threshold, and restoring the application from one.
 
 Implements Raft paper section 7 (log compaction) on the member's side: the
 snapshot holds the application's state, the session table (dissertation
-section 6.3) and the members, and is taken without stopping the core; the log
+section 6.3) and the membership configuration, and is taken without stopping the core; the log
 is compacted once it is durable.  Part of :class:`~txraft.core.raft.RaftCore`;
 sending snapshots to followers is :mod:`txraft.core.snapshot_transfer`'s.
 """
@@ -31,7 +31,8 @@ class Compaction:
         writer = self.storage.snapshot_writer(meta)
         self._snapshotting = True
         try:
-            write_header(writer.fileobj, self.sessions, self.members)
+            configuration = self.configuration_at(self.applied_index)
+            write_header(writer.fileobj, self.sessions, configuration.ids, configuration)
             d = defer.maybeDeferred(self.client.save_snapshot, writer.fileobj)
         except Exception:
             d = defer.fail(Failure())
@@ -46,6 +47,7 @@ class Compaction:
             return None
         d = writer.commit()
         self._snapshot_index = writer.meta.index
+        self._fold_configurations(writer.meta.index)
 
         def committed(_):
             self._snapshotting = False
@@ -60,11 +62,15 @@ class Compaction:
         self.log.failure("{member}: snapshot discarded", failure, member=self.id)
 
     def _restore_from(self, source):
-        """Replace the application's state with ``source`` (an ISnapshotSource)."""
+        """
+        Replace the application's state with ``source`` (an ISnapshotSource).
+
+        :returns: the membership configuration the snapshot ends in.
+        """
         meta = source.meta
         fileobj = source.open()
         try:
-            self.sessions, _members = read_header(fileobj)
+            self.sessions, configuration = read_header(fileobj)
             self.client.restore_snapshot(meta.index, fileobj)
         finally:
             fileobj.close()
@@ -73,3 +79,4 @@ class Compaction:
         self.commit_index = max(self.commit_index, meta.index)
         self.log.info("{member} restored snapshot at {index}", member=self.id, index=meta.index)
         self.observers.restored(meta)
+        return configuration

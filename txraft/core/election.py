@@ -5,7 +5,9 @@ them.
 Implements Raft paper sections 5.2 (leader election) and 5.4.1 (election
 restriction: votes only for an up-to-date log), and from Ongaro's
 dissertation section 9.6 (pre-vote) and the "disruptive servers" rule of the
-paper's section 6 (leader stickiness).  Part of :class:`~txraft.core.raft.RaftCore`.
+paper's section 6 (leader stickiness).  Only voters of the configuration in
+effect stand, are asked, and count (dissertation chapter 4): a learner or a
+removed member never campaigns.  Part of :class:`~txraft.core.raft.RaftCore`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Election:
 
     def _on_election_timeout(self):
         self._election_call = None
-        if not self.state.campaigns:
+        if not self.state.campaigns or not self.may_stand():
             return
         due, self._election_due = self._election_due, None
         if due is not None and self.clock.seconds() - due > self.config.heartbeat / 2:
@@ -73,6 +75,8 @@ class Election:
             raise errors.Stopped(f"member {self.id} is stopped")
         if self._term_exhausted():
             raise errors.RaftError(f"member {self.id} is at term {self.term}, the last a member may use")
+        if not self.may_stand():
+            raise errors.MembershipError(f"member {self.id} is not a voter; it cannot stand for election")
         self._become_candidate(disrupt=True)
 
     # -- pre-vote (dissertation 9.6) ----------------------------------------------
@@ -99,12 +103,12 @@ class Election:
         self._set_leader("")
         self._reset_election_timer()
         round_ = self.state.pre_vote = PreVote(self.term + 1, self.id)
-        if len(round_.granted) >= self.quorum:
+        if self.configuration.has_majority(round_.granted):
             self._become_candidate(disrupt=False)
             return
         request = m.RequestVote(round_.term, self.id, self.storage.last_index,
                                 self.storage.term_at(self.storage.last_index), pre_vote=True)
-        for peer in self.peers:
+        for peer in self._voting_peers():
             self._send(peer, request)
 
     def _on_pre_vote_reply(self, peer, request, reply):
@@ -113,7 +117,7 @@ class Election:
             return
         if reply.granted:
             state.pre_vote.granted.add(peer)
-            if len(state.pre_vote.granted) >= self.quorum:
+            if self.configuration.has_majority(state.pre_vote.granted):
                 self._become_candidate(disrupt=False)
         elif reply.term > self.term:
             # A newer term exists; following it cannot hurt anyone.
@@ -139,10 +143,10 @@ class Election:
     def _ask_for_votes(self, candidate, request):
         if self.state is not candidate:
             return
-        if len(candidate.votes) >= self.quorum:
+        if self.configuration.has_majority(candidate.votes):
             self._become_leader()
             return
-        for peer in self.peers:
+        for peer in self._voting_peers():
             self._send(peer, request)
 
     def _on_vote_reply(self, peer, request, reply):
@@ -153,7 +157,7 @@ class Election:
         if candidate is None or not reply.granted:
             return
         candidate.votes.add(peer)
-        if len(candidate.votes) >= self.quorum:
+        if self.configuration.has_majority(candidate.votes):
             self._become_leader()
 
     def _on_vote_reply_or_pre_vote(self, peer, request, reply):
@@ -169,6 +173,10 @@ class Election:
 
     def _handle_request_vote(self, req):
         self._check_sender(req.candidate, "candidate")
+        # Votes are granted whatever this member's own configuration says:
+        # a member promoted by an entry it has not received yet must still be
+        # able to vote (dissertation 4.1), and candidates neither ask nor
+        # count members that are not voters in their configuration.
         if req.term < self.term:
             return m.RequestVoteReply(self.term, False)
         if req.pre_vote:
@@ -177,7 +185,10 @@ class Election:
             granted = (candidate_is_up_to_date(req, self.storage) and free
                        and not self._heard_from_leader_recently())
             return m.RequestVoteReply(self.term, granted)
-        if req.term > self.term and not req.disrupt and self._heard_from_leader_recently():
+        # Only a member of our configuration may set stickiness aside: a
+        # removed member cannot depose the leader even by a forced election.
+        disrupt = req.disrupt and req.candidate in self.configuration.ids
+        if req.term > self.term and not disrupt and self._heard_from_leader_recently():
             # We heard from a live leader moments ago: a member that lost
             # contact must not depose it (Raft paper section 6, disruptive servers).
             return m.RequestVoteReply(self.term, False)

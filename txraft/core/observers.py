@@ -40,6 +40,9 @@ class RaftObserver:
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         pass
 
+    def configuration_changed(self, configuration):
+        pass
+
 
 class ClientObserver(RaftObserver):
     """
@@ -57,7 +60,8 @@ class ClientObserver(RaftObserver):
         self.client.leader_changed(self.me, leader)
 
 
-_EVENTS = ("applied", "applied_through", "leader_changed", "restored", "snapshot_taken")
+_EVENTS = ("applied", "applied_through", "leader_changed", "restored", "snapshot_taken",
+           "configuration_changed")
 
 
 @implementer(IRaftObserver)
@@ -117,3 +121,6 @@ class Observers:
 
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         self._each("snapshot_taken", meta)
+
+    def configuration_changed(self, configuration):
+        self._each("configuration_changed", configuration)

@@ -18,11 +18,15 @@ one class because they share one member's state:
 :mod:`txraft.core.snapshot_transfer`        InstallSnapshot both ways (7)
 :mod:`txraft.core.compaction`               taking and restoring own snapshots (7)
 :mod:`txraft.core.reads`                    ReadIndex (dissertation 6.4)
+:mod:`txraft.core.reconfiguration`          membership changes: the configuration in
+                                            effect, joint consensus, learners (diss. 4)
+:mod:`txraft.core.transfer`                 leadership transfer, TimeoutNow (diss. 3.10)
 :mod:`txraft.core.observers`                telling the member API, metrics and the
                                             application what happened
 :mod:`txraft.core.waiters`                  Deferreds waiting for a round or an index
 :mod:`txraft.core.progress`,                the leader's view of a follower; majorities;
-:mod:`~txraft.core.quorum`,                 the session table; the snapshot header
+:mod:`~txraft.core.quorum`,                 configurations; the session table; the
+:mod:`~txraft.core.membership`,             snapshot header
 :mod:`~txraft.core.sessions`,
 :mod:`~txraft.core.snapshot_header`
 ==========================================  =============================================
@@ -56,16 +60,18 @@ from zope.interface import implementer
 
 from txraft import errors
 from txraft import messages as m
-from txraft.core import quorum
 from txraft.core.compaction import Compaction
 from txraft.core.election import Election
+from txraft.core.membership import Configuration
 from txraft.core.observers import ClientObserver, Observers
 from txraft.core.progress import Progress
 from txraft.core.reads import Reads
+from txraft.core.reconfiguration import Reconfiguration
 from txraft.core.replication import Replication
 from txraft.core.roles import Follower, Leader, Stopped
 from txraft.core.sessions import SessionTable
 from txraft.core.snapshot_transfer import SnapshotTransfer
+from txraft.core.transfer import LeadershipTransfer
 from txraft.interfaces import IRPCHandler
 from txraft.messages import Role, Status
 
@@ -101,12 +107,17 @@ def _check_number(value, what):
 
 
 @implementer(IRPCHandler)
-class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
+class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Reconfiguration, LeadershipTransfer):
     """
     One Raft member's protocol state.
 
     :param str member_id: this member's id.
-    :param members: ids of every member, this one included.
+    :param members: ids of every member of the bootstrap configuration (all
+        voters, this one included), or a
+        :class:`~txraft.core.membership.Configuration`; the latest
+        configuration in the log or snapshot takes precedence.  An empty
+        :class:`~txraft.core.membership.Configuration` starts a member that
+        waits to be added to a running cluster.
     :param storage: an :class:`~txraft.interfaces.IStorage`, already open.
     :param transport: an :class:`~txraft.interfaces.ITransport`.
     :param client: the :class:`~txraft.interfaces.IRaftClient`.
@@ -124,15 +135,15 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
 
     def __init__(self, member_id, members, storage, transport, client, clock, rng, config):
         self.id = member_id
-        self.members = tuple(sorted(set(members) | {member_id}))
-        self.peers = tuple(p for p in self.members if p != member_id)
+        if not isinstance(members, Configuration):
+            members = Configuration.bootstrap(set(members) | {member_id}, getattr(config, "peer_names", None))
+        self._init_configurations(members)
         self.storage = storage
         self.transport = transport
         self.client = client
         self.clock = clock
         self.rng = rng
         self.config = config
-        self.quorum = quorum.majority(len(self.members))
 
         self.state = Follower()
         self.leader = ""
@@ -203,12 +214,14 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
 
     def start(self):
         """Restore the application from the latest snapshot and start the election timer."""
+        index, configuration = self._base_configuration
         source = self.storage.open_snapshot()
         if source is not None:
             try:
-                self._restore_from(source)
+                index, configuration = source.meta.index, self._restore_from(source)
             finally:
                 source.close()
+        self._load_configurations(index, configuration)
         self._become_follower(self.term, "")
 
     def stop(self):
@@ -221,6 +234,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
             self._apply_call.cancel()
         self._apply_call = None
         self._drop_incoming()
+        self._fail_change_waiters(errors.Stopped(f"member {self.id} stopped"))
 
     def _fail(self, reason):
         """A safety invariant broke: stop loudly rather than keep voting."""
@@ -266,7 +280,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         self._cancel_election_timer()
         now = self.clock.seconds()
         last = self.storage.last_index
-        leader = Leader(self.term, {p: Progress(p, last + 1, now) for p in self.peers})
+        leader = Leader(self.term, {p: Progress(p, last + 1, now) for p in sorted(self._replication_targets())})
         self._enter(leader)
         self._set_leader(self.id)
         self.log.info("{member} leads term {term}", member=self.id, leader=self.id, term=self.term)
@@ -335,6 +349,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         m.RequestVote: Election._on_vote_reply_or_pre_vote,
         m.AppendEntries: Replication._on_append_reply,
         m.InstallSnapshot: SnapshotTransfer._on_snapshot_reply,
+        m.TimeoutNow: LeadershipTransfer._on_timeout_now_reply,
     }
     _failure_handlers = {
         m.AppendEntries: Replication._on_append_failure,
@@ -360,7 +375,10 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         return self.storage.durable().addCallback(lambda _: reply)
 
     def _check_sender(self, sender, what):
-        if sender not in self.members or sender == self.id:
+        # Not checked against the configuration: a member must follow a
+        # leader (and may vote for a candidate) its log does not yet list,
+        # as a member being added does (Raft dissertation section 4.1).
+        if not sender or sender == self.id:
             raise errors.InvalidRequest(f"{what} {sender!r} is not another member of this cluster")
 
     def _handle_forward_append(self, req):
@@ -381,6 +399,9 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
         m.GetMembers: _handle_get_members,
         m.GetLeader: _handle_get_leader,
         m.ReadIndex: Reads._handle_read_index,
+        m.TimeoutNow: LeadershipTransfer._handle_timeout_now,
+        m.ChangeMembers: Reconfiguration._handle_change_members,
+        m.TransferLeadership: LeadershipTransfer._handle_transfer_leadership,
     }
 
     # -- commit and apply ----------------------------------------------------
@@ -412,6 +433,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction):
             if clock.seconds() >= deadline and self.applied_index < self.commit_index:
                 self._apply_call = clock.callLater(0, self._apply_more)
                 break
+        self._release_change_waiters()
         self.observers.applied_through(self.applied_index)
         self._maybe_snapshot()
 

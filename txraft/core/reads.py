@@ -51,7 +51,7 @@ class Reads:
         leader.read_call = None
         if self.state is not leader:
             return
-        for peer in self.peers:
+        for peer in list(leader.progress):
             self._send_append(leader, peer, heartbeat=True)
         self._check_reads(leader)
 
@@ -62,7 +62,7 @@ class Reads:
         # its commit index is at least every earlier leader's.
         if self.storage.term_at(self.commit_index) != leader.term:
             return
-        acked = sorted((p.acked_round for p in leader.progress.values()), reverse=True)
-        needed = self.quorum - 1
-        confirmed = acked[needed - 1] if needed > 0 else leader.round
+        rounds = {peer: p.acked_round for peer, p in leader.progress.items()}
+        rounds[self.id] = leader.round
+        confirmed = self.configuration.quorum_index(rounds)
         leader.reads.release_through(confirmed, self.commit_index)

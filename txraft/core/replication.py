@@ -20,20 +20,26 @@ from txraft.core import quorum
 from txraft.core.roles import Follower, Leader
 
 
-def committable(matches, term, storage):
+def committable(matches, term, storage, configuration=None):
     """
     The commit rule of Raft paper section 5.4.2 (Figure 8): the highest index
     stored on a majority is committed only if its entry is of the leader's
     current term; earlier entries are committed along with it.
 
     :param matches: the highest index each member (the leader included) is
-        known to have stored durably.
+        known to have stored durably: a list, or a dict by member id when
+        ``configuration`` says whose count (its voters, a majority of each
+        set while joint).
     :param int term: the leader's term.
     :param storage: the leader's :class:`~txraft.interfaces.IStorage`.
+    :param configuration: a :class:`~txraft.core.membership.Configuration`, or ``None``.
     :returns: the index that may be committed, or 0.
     """
-    candidate = quorum.quorum_index(matches)
-    return candidate if storage.term_at(candidate) == term else 0
+    if configuration is None:
+        candidate = quorum.quorum_index(matches)
+    else:
+        candidate = configuration.quorum_index(matches)
+    return candidate if candidate and storage.term_at(candidate) == term else 0
 
 
 class Replication:
@@ -78,8 +84,12 @@ class Replication:
                 return defer.succeed(self._place(command, request_id))
             except errors.Busy as busy:
                 return defer.fail(busy)
+            except errors.NotLeader:
+                return defer.fail()
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
+        if self.removed():
+            return defer.fail(errors.MembershipError(f"{self.id} was removed from the cluster"))
         d = self._call(self.leader, m.ForwardAppend(command, request_id))
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
@@ -144,6 +154,9 @@ class Replication:
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
+        if leader.transfer is not None:
+            # Handing over: commands wait for the next leader (dissertation 3.10).
+            raise errors.NotLeader("", f"leadership is being handed to {leader.transfer.target}")
         self._check_command(command)
         self.check_admission(len(command))
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
@@ -156,6 +169,7 @@ class Replication:
 
     def _append_own(self, leader, entries):
         self.storage.append(entries).addCallback(self._on_own_durable, leader, entries[-1].index)
+        self._log_appended(entries)
         self._schedule_broadcast(leader)
 
     def _on_own_durable(self, _, leader, index):
@@ -164,13 +178,15 @@ class Replication:
             self._maybe_commit(leader)
 
     def _maybe_commit(self, leader):
-        matches = [leader.own_durable] + [p.match_index for p in leader.progress.values()]
-        index = committable(matches, leader.term, self.storage)
+        matches = {peer: p.match_index for peer, p in leader.progress.items()}
+        matches[self.id] = leader.own_durable
+        index = committable(matches, leader.term, self.storage, self.configuration)
         if index > self.commit_index:
             leader.release_committed(index)
             self._advance_commit(index)
             self._schedule_broadcast(leader, commit=True)
             self._check_reads(leader)
+            self._reconfigure_after_commit(leader)
 
     # -- leader: sending ----------------------------------------------------------------
 
@@ -191,7 +207,7 @@ class Replication:
         commit, leader.commit_news = leader.commit_news, False
         if self.state is not leader:
             return
-        for peer in self.peers:
+        for peer in list(leader.progress):
             if not self._replicate(leader, peer) and commit:
                 self._send_append(leader, peer, heartbeat=True)
 
@@ -201,14 +217,15 @@ class Replication:
         now = self.clock.seconds()
         # Check quorum: a leader cut off from a majority steps down, so that
         # clients are redirected instead of waiting on it.
-        recent = 1 + sum(1 for p in leader.progress.values()
-                         if now - p.last_reply <= self.config.election_base * 2)
-        if recent < self.quorum:
+        recent = {peer for peer, p in leader.progress.items()
+                  if now - p.last_reply <= self.config.election_base * 2}
+        recent.add(self.id)
+        if not self.configuration.has_majority(recent):
             self.log.info("{member} lost contact with a quorum; stepping down", member=self.id)
             self._become_follower(self.term, "")
             return
         leader.round += 1
-        for peer in self.peers:
+        for peer in list(leader.progress):
             if not self._replicate(leader, peer):
                 self._send_append(leader, peer, heartbeat=True)
 
@@ -301,12 +318,21 @@ class Replication:
         if request.entries:
             progress.inflight = max(0, progress.inflight - 1)
         if reply.success:
-            if reply.match_index > progress.match_index:
+            matched = reply.match_index > progress.match_index
+            if matched:
                 progress.match_index = reply.match_index
                 self._maybe_commit(leader)
+                if self.state is not leader:
+                    return
             if progress.probing and request.entries:
                 progress.probing = False
             progress.next_index = max(progress.next_index, progress.match_index + 1)
+            if matched:
+                # A transfer waiting for this log, or a learner that caught up.
+                self._send_timeout_now_if_ready(leader)
+                self._reconfigure_after_commit(leader)
+                if self.state is not leader:
+                    return
         elif request.prev_index >= progress.match_index:
             if reply.conflict_index and reply.conflict_index <= progress.match_index:
                 # The follower no longer holds entries it acknowledged: its
@@ -350,6 +376,7 @@ class Replication:
 
     def _validate_append(self, req):
         self._check_sender(req.leader, "leader")
+        self._validate_configuration_entries(req.entries)
         expected = req.prev_index + 1
         previous_term = req.prev_term
         for entry in req.entries:
@@ -403,6 +430,7 @@ class Replication:
                 break
         if new:
             storage.append(new)
+            self._log_appended(new)
         match = req.prev_index + len(req.entries)
         if req.leader_commit > self.commit_index:
             self._advance_commit(min(req.leader_commit, match))

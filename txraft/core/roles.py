@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Dict, Optional, Tuple
 
+from txraft import errors
 from txraft.core.progress import Progress
 from txraft.core.waiters import Waiters
 from txraft.messages import Role
@@ -125,11 +126,14 @@ class Leader(_RoleState):
     :ivar uncommitted_bytes: the sum of their sizes.
     :ivar turn_start: clock time the first command of this reactor turn was
         placed, or ``None`` (no command placed since the last broadcast).
+    :ivar transfer: the leadership transfer under way
+        (:class:`~txraft.core.transfer.Transfer`), or ``None``; while there
+        is one the leader accepts no new command.
     """
 
     __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
                  "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes",
-                 "turn_start")
+                 "turn_start", "transfer")
     role = Role.LEADER
 
     def __init__(self, term: int, progress: Dict[str, Progress]) -> None:
@@ -146,6 +150,7 @@ class Leader(_RoleState):
         self.uncommitted = deque()
         self.uncommitted_bytes = 0
         self.turn_start = None
+        self.transfer = None
 
     def release_committed(self, commit_index):
         """Forget the uncommitted commands up to ``commit_index``."""
@@ -167,6 +172,10 @@ class Leader(_RoleState):
             progress.close_snapshot()
         self.sent_rounds = {}
         self.reads.fail(error)
+        transfer, self.transfer = self.transfer, None
+        if transfer is not None:
+            # Leadership left: what the transfer wanted, unless the member stopped.
+            transfer.finish(error if isinstance(error, errors.Stopped) else None)
 
 
 class Stopped(_RoleState):

@@ -100,9 +100,10 @@ class SnapshotTransfer:
         done = writer.commit()
         source = self.storage.open_snapshot()
         try:
-            self._restore_from(source)
+            configuration = self._restore_from(source)
         finally:
             source.close()
+        self._load_configurations(meta.index, configuration)
         self._apply_committed()
         reply = m.InstallSnapshotReply(self.term, incoming[1])
         return done.addCallback(lambda _: reply)

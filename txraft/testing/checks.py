@@ -4,7 +4,11 @@ The Raft safety properties (paper Figure 3), checked on a live simulation.
 :class:`SafetyChecker` looks at every member after every step and raises
 :class:`SafetyViolation` the moment one property fails:
 
-- election safety: at most one leader per term;
+- election safety: at most one leader per term, whatever configurations
+  the members hold;
+- learners never stand nor lead: only voters of their own configuration
+  become candidates or leaders; and a leader won with votes that form a
+  majority of its configuration's voters (learners' votes do not count);
 - log matching: two logs holding an entry with the same index and term hold
   the same entry there and the same entries before it;
 - leader completeness: a leader's log holds every committed entry;
@@ -19,6 +23,10 @@ The last one assumes commands are unique, as the random schedules make them.
 from __future__ import annotations
 
 from txraft.messages import Role
+
+
+def _groups(configuration):
+    return [configuration.members] + ([configuration.old] if configuration.old is not None else [])
 
 
 class SafetyViolation(AssertionError):
@@ -60,11 +68,44 @@ class SafetyChecker:
                 continue
             self._signatures[member_id] = signature
             changed = True
+            self._check_voting(member_id, core, cluster)
             self._check_leader(member_id, core)
             self._record_commits(member_id, core)
             self._check_applied(member_id, client, core)
         if changed:
             self._check_log_matching(cluster)
+
+    def _check_voting(self, member_id, core, cluster):
+        # Voters and majorities are worked out here from the members' flags,
+        # not with the Configuration methods the core uses, so that a bug in
+        # those cannot hide itself.
+        configuration = core.configuration
+        voting_sets = [{x.id for x in group if x.voter} for group in _groups(configuration)]
+        # A member whose latest (uncommitted) configuration removed it may
+        # stand while it was a voter of the one before (see may_stand()).
+        was_voter = core.configuration_index > core.commit_index and any(
+            x.id == member_id and x.voter
+            for group in _groups(core.configuration_at(core.configuration_index - 1)) for x in group)
+        is_voter = any(member_id in voters for voters in voting_sets)
+        if core.role is Role.CANDIDATE and not is_voter and not was_voter:
+            raise SafetyViolation(f"learners never stand: {member_id} campaigns in term {core.term} "
+                                  f"but is no voter of {configuration.describe()}")
+        if core.role is not Role.LEADER or (member_id, core.term) in self._leader_checked:
+            return
+        if not is_voter and not was_voter:
+            raise SafetyViolation(f"learners never lead: {member_id} leads term {core.term} "
+                                  f"but is no voter of {configuration.describe()}")
+        # Its votes: voters whose durable vote in this term is for it, and
+        # those already in a later term (their vote is no longer visible).
+        possible = set()
+        for voter in set().union(*voting_sets):
+            storage = cluster.storages.get(voter)
+            state = storage.hard_state if storage is not None else None
+            if state is not None and (state.term > core.term or (state.term, state.voted_for) == (core.term, member_id)):
+                possible.add(voter)
+        if not all(len(voters & possible) > len(voters) // 2 for voters in voting_sets):
+            raise SafetyViolation(f"election safety (only voters count): {member_id} leads term {core.term} without votes "
+                                  f"from a majority of {configuration.describe()} (voted: {sorted(possible)})")
 
     def _check_leader(self, member_id, core):
         if core.role is not Role.LEADER:
@@ -169,8 +210,11 @@ class SafetyChecker:
                     f"{ea} vs {eb}")
 
     def check_final(self, cluster):
-        """After the cluster has converged: every acknowledged command is applied everywhere."""
-        for member_id in cluster.running():
+        """
+        After the cluster has converged: every acknowledged command is applied
+        on every member of the configuration.
+        """
+        for member_id in cluster.in_configuration():
             client = cluster.clients[member_id]
             applied = getattr(client, "applied", {})
             for command, index in self.acknowledged.items():

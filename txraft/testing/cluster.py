@@ -121,6 +121,8 @@ class SimulatedCluster:
         self.network = MemoryNetwork(self.clock, random.Random(self.rng.random()), delay,
                                      drop_rate, duplicate_rate)
         self.ids = [f"127.0.0.{i + 1}:7000" for i in range(size)]
+        #: The members of the bootstrap configuration; later ones joined.
+        self.initial_ids = list(self.ids)
         self.client_factory = client_factory
         self.heartbeat = heartbeat
         self.snapshot_threshold = snapshot_threshold
@@ -130,6 +132,7 @@ class SimulatedCluster:
         self.wrap_transport = wrap_transport
         self.transports = {}  # member id -> the transport its member was built with
         self.members = {}
+        self.contacts = {}  # member id -> whom it asks to add it (members launched later)
         self.clients = {}
         self.crashed = set()
         self.checker = checker
@@ -154,8 +157,11 @@ class SimulatedCluster:
         self.transports[member_id] = transport
         member = Raft(self.config(member_id), client, reactor=self.clock, transport=transport,
                       storage=self.storages[member_id], rng=random.Random(self.rng.random()))
-        for other in self.ids:
-            member.add_member(other)
+        if member_id in self.initial_ids:
+            for other in self.initial_ids:
+                member.add_member(other)
+        else:
+            member.join(self.contacts.get(member_id))
         self.members[member_id] = member
         self.clients[member_id] = client
         member.start()
@@ -172,6 +178,42 @@ class SimulatedCluster:
     def note(self, event):
         """Add ``event`` to the trace, stamped with the simulated time."""
         self.trace.append(f"{self.clock.seconds():9.4f} {event}")
+
+    def launch_new_member(self, contacts=None):
+        """
+        Start a member with an empty disk that waits to be added (it is not
+        part of any configuration until a member's ``add_member()`` commits).
+
+        :param contacts: ids of members it asks to add it, as ``twistd raft
+            --join`` does; ``None``: it only waits.
+        :returns: its id.
+        """
+        member_id = f"127.0.0.{len(self.ids) + 1}:7000"
+        self.ids.append(member_id)
+        self.contacts[member_id] = contacts
+        self.storages[member_id] = MemoryStorage(self.clock, self.fsync_delay)
+        self.note(f"launch new member {member_id}")
+        self._launch(member_id)
+        return member_id
+
+    def configuration(self):
+        """
+        :returns: the configuration of the leader of the highest term among
+            running members (the cluster as it stands), or the latest one any
+            running member holds when none leads.
+        """
+        leader = self.leader()
+        if leader is not None:
+            return self.members[leader].core.configuration
+        cores = [self.members[i].core for i in self.running() if self.members[i].core is not None]
+        best = max(cores, key=lambda c: (c.configuration_index, c.term), default=None)
+        return best.configuration if best is not None else None
+
+    def in_configuration(self):
+        """:returns: ids of running members that belong to :meth:`configuration` (removed ones left out)."""
+        configuration = self.configuration()
+        ids = set(configuration.ids) if configuration is not None else set(self.ids)
+        return [i for i in self.running() if i in ids]
 
     # -- faults ----------------------------------------------------------------
 
@@ -244,7 +286,7 @@ class SimulatedCluster:
     def agreed_leader(self):
         """:returns: the leader every running member follows, or ``None``."""
         seen = set()
-        for i in self.running():
+        for i in self.in_configuration():
             core = self.members[i].core
             seen.add(i if core.role is Role.LEADER else core.leader)
         if len(seen) == 1:
@@ -301,8 +343,12 @@ class SimulatedCluster:
         return self.agreed_leader()
 
     def converged(self):
-        """:returns: whether every running member has applied the same, complete log."""
-        running = self.running()
+        """
+        :returns: whether every running member of the configuration has
+            applied the same, complete log (removed members no longer hear
+            from the leader).
+        """
+        running = self.in_configuration()
         if not running or self.agreed_leader() is None:
             return False
         leader = self.members[self.agreed_leader()].core

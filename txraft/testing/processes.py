@@ -81,6 +81,8 @@ class Member:
     :ivar logdir: its log directory.
     :ivar logfile: the file its processes' output is appended to.
     :ivar starts: how many times it was started.
+    :ivar join: ids of members it asks to add it (``--join``), for a
+        member added to a running cluster; empty for the founding ones.
     """
 
     def __init__(self, name, host, port, http_port, directory):
@@ -93,6 +95,7 @@ class Member:
         self.logfile = os.path.join(directory, name + ".out")
         self.process = None
         self.starts = 0
+        self.join = ()
 
     @property
     def running(self):
@@ -151,13 +154,19 @@ class LocalCluster:
 
     def argv(self, member):
         """:returns: the command line that runs ``member``."""
-        peers = ",".join(f"{m.name}@{m.id}" for m in self.members)
+        peers = ",".join(f"{m.name}@{m.id}" for m in self.members if not m.join or m is member)
         argv = twistd_command() + ["-n", "--pidfile=", "raft", "--listen", member.id, "--peers", peers,
                                    "--logdir", member.logdir, "--http", f"{member.host}:{member.http_port}"]
+        if member.join:
+            argv += ["--join", ",".join(member.join)]
         if self.tls:
             cert, key = self.certs[member.name]
             argv += ["--cert", cert, "--key", key, "--ca", self.certs["ca"][0],
                      "--client-acl", self.client_name]
+            if any(m.join for m in self.members):
+                # Members added later must admit every member made so far;
+                # the founders admit them through the configuration.
+                argv += ["--acl", ",".join(m.name for m in self.members)]
         else:
             argv += ["--insecure"]
         return argv + self.extra_args
@@ -178,6 +187,26 @@ class LocalCluster:
             member.process = subprocess.Popen(self.argv(member), stdout=out, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, cwd=self.directory)
         return member.process
+
+    def new_member(self, join, host=None):
+        """
+        Make (but do not start) a member to add to the running cluster: a
+        certificate from the cluster CA, free ports, and ``--join`` with the
+        ids of ``join`` (the members it asks to add it).
+
+        :returns: the :class:`Member`, appended to :attr:`members`.
+        """
+        number = len(self.members) + 1
+        name = f"member{number}"
+        host = host or f"127.0.0.{20 + number}"
+        if self.tls:
+            from txraft.certs import write_cluster_certs
+
+            self.certs.update(write_cluster_certs(os.path.join(self.directory, "certs"), [name]))
+        member = Member(name, host, free_port(host), free_port(host), self.directory)
+        member.join = tuple(m.id for m in join)
+        self.members.append(member)
+        return member
 
     def start_all(self):
         """Start every member's process."""

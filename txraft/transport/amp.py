@@ -355,6 +355,18 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
     def _read_index(self, **kw):
         return self._serve(commands.ReadIndex, kw)
 
+    @commands.TimeoutNow.responder
+    def _timeout_now(self, **kw):
+        return self._serve(commands.TimeoutNow, kw)
+
+    @commands.ChangeMembers.responder
+    def _change_members(self, **kw):
+        return self._serve(commands.ChangeMembers, kw)
+
+    @commands.TransferLeadership.responder
+    def _transfer_leadership(self, **kw):
+        return self._serve(commands.TransferLeadership, kw)
+
     @commands.Fragment.responder
     def _fragment(self, blob, data, offset=None, discard=False):
         if discard:
@@ -562,6 +574,7 @@ class AMPTransport:
         self.peer_names = dict(peer_names or {})
         self.max_message_bytes = max_message_bytes
         self.connect_timeout = connect_timeout
+        self._acl = tuple(acl or ())
         if self.insecure:
             self._policy = None
             self._credentials = None
@@ -602,6 +615,23 @@ class AMPTransport:
             reactor=reactor,
             **kwargs,
         )
+
+    def follow_configuration(self, configuration):
+        """
+        Admit the certificate names recorded in the membership
+        ``configuration`` (a :class:`~txraft.core.membership.Configuration`)
+        besides the ``acl`` given at construction, and require each member's
+        recorded name of it: the ACL follows runtime membership changes.
+        New connections see the change; established ones keep their check.
+        """
+        if self.insecure:
+            return
+        for member in configuration.members + (configuration.old or ()):
+            if member.name:
+                self.peer_names[member.id] = member.name
+        acl = set(self._acl) | set(configuration.names())
+        self._policy = AccessPolicy.build(sorted(acl), self._credentials.certificate, self.peer_names)
+        self._context.policy = self._policy
 
     @property
     def handler(self):

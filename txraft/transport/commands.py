@@ -30,6 +30,10 @@ from txraft.transport.arguments import wire_arguments
 ERRORS = {
     e.CommandTooLarge: b"COMMAND_TOO_LARGE",
     e.InvalidRequest: b"INVALID_REQUEST",
+    e.UnknownMember: b"UNKNOWN_MEMBER",
+    e.LeaderNotReady: b"LEADER_NOT_READY",
+    e.ChangeInProgress: b"CHANGE_IN_PROGRESS",
+    e.MembershipError: b"MEMBERSHIP_ERROR",
     e.NotLeader: b"NOT_LEADER",
     e.Unauthorized: b"UNAUTHORIZED",
     e.TransportError: b"TRANSPORT_ERROR",
@@ -102,6 +106,30 @@ class ReadIndex(amp.Command):
     errors = ERRORS
 
 
+class TimeoutNow(amp.Command):
+    """:class:`~txraft.messages.TimeoutNow`: the leader hands leadership over (dissertation 3.10)."""
+
+    message_type, reply_type = m.TimeoutNow, m.TimeoutNowReply
+    arguments, response = wire_arguments(message_type), wire_arguments(reply_type)
+    errors = ERRORS
+
+
+class ChangeMembers(amp.Command):
+    """:class:`~txraft.messages.ChangeMembers`: a membership change forwarded to the leader."""
+
+    message_type, reply_type = m.ChangeMembers, m.ChangeMembersReply
+    arguments, response = wire_arguments(message_type), wire_arguments(reply_type)
+    errors = ERRORS
+
+
+class TransferLeadership(amp.Command):
+    """:class:`~txraft.messages.TransferLeadership`: a leadership transfer forwarded to the leader."""
+
+    message_type, reply_type = m.TransferLeadership, m.TransferLeadershipReply
+    arguments, response = wire_arguments(message_type), wire_arguments(reply_type)
+    errors = ERRORS
+
+
 class Fragment(amp.Command):
     """
     Part of a :class:`~txraft.transport.arguments.Blob` value too large for one AMP value.
@@ -127,5 +155,6 @@ class Fragment(amp.Command):
 #: The command carrying each request type of :mod:`txraft.messages`.
 COMMANDS = {
     command.message_type: command
-    for command in (Members, Leader, RequestVote, AppendToLog, Append, InstallSnapshot, ReadIndex)
+    for command in (Members, Leader, RequestVote, AppendToLog, Append, InstallSnapshot, ReadIndex,
+                    TimeoutNow, ChangeMembers, TransferLeadership)
 }
