@@ -419,7 +419,7 @@ def encode_snapshot_header(sessions, members, configuration=None) -> bytes:
     return SNAPSHOT_HEADER_MAGIC + _LENGTH.pack(len(body)) + body
 
 
-def decode_snapshot_header(fileobj):
+def decode_snapshot_header(fileobj: typing.BinaryIO) -> Tuple[Any, Tuple[str, ...], Any]:
     """
     Read a header made by :func:`encode_snapshot_header` from the binary file
     ``fileobj``, leaving it at the first byte after the header.

@@ -54,7 +54,7 @@ class Busy(RaftError):
     :ivar retry_after: suggested seconds to wait before retrying.
     """
 
-    def __init__(self, message="the leader is busy; retry later", retry_after=0.1):
+    def __init__(self, message: str = "the leader is busy; retry later", retry_after: float = 0.1) -> None:
         self.retry_after = retry_after
         super().__init__(message)
 

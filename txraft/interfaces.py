@@ -127,7 +127,7 @@ class IRaftObserver(Interface):
         :param meta: its :class:`txraft.messages.SnapshotMeta`.
         """
 
-    def configuration_changed(configuration):
+    def configuration_changed(configuration: Any) -> None:
         """
         This member's membership configuration changed (an entry appended or
         overwritten, or a snapshot installed); it is in effect already,

@@ -23,7 +23,7 @@ count towards a majority::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import msgpack
 
@@ -76,7 +76,7 @@ class Configuration:
         return cls(ordered(members), None if old is None else ordered(old))
 
     @classmethod
-    def bootstrap(cls, ids, names=None):
+    def bootstrap(cls, ids: Iterable[str], names: Optional[Mapping[str, str]] = None) -> "Configuration":
         """The configuration of a cluster started with fixed ``ids``, all voters."""
         names = names or {}
         return cls.of(Member(i, names.get(i, "")) for i in set(ids))
@@ -146,7 +146,7 @@ class Configuration:
 
     # -- encoding ------------------------------------------------------------------
 
-    def to_wire(self):
+    def to_wire(self) -> Dict[str, Any]:
         """
         :returns: the msgpack-ready form: ``{"members": [[id, name, voter,
             promote], ...], "old": [...] or None}``.
@@ -156,7 +156,7 @@ class Configuration:
         return {"members": dump(self.members), "old": None if self.old is None else dump(self.old)}
 
     @classmethod
-    def from_wire(cls, raw, what="configuration"):
+    def from_wire(cls, raw: Any, what: str = "configuration") -> "Configuration":
         """Inverse of :meth:`to_wire`. :raises ValueError: naming what is malformed."""
         if type(raw) is not dict or "members" not in raw:
             raise ValueError(f"{what} must be a map with members")

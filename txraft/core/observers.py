@@ -40,7 +40,7 @@ class RaftObserver:
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         pass
 
-    def configuration_changed(self, configuration):
+    def configuration_changed(self, configuration: Any) -> None:
         pass
 
 
@@ -122,5 +122,5 @@ class Observers:
     def snapshot_taken(self, meta: SnapshotMeta) -> None:
         self._each("snapshot_taken", meta)
 
-    def configuration_changed(self, configuration):
+    def configuration_changed(self, configuration: Any) -> None:
         self._each("configuration_changed", configuration)

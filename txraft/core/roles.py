@@ -18,7 +18,7 @@ than spelled as ``if role == ...`` in the core.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, Optional, Tuple
 
 from txraft import errors
 from txraft.core.progress import Progress
@@ -147,12 +147,12 @@ class Leader(_RoleState):
         self.sent_rounds: Dict[int, Tuple[Any, int]] = {}
         self.reads = Waiters()
         self.read_call = None
-        self.uncommitted = deque()
+        self.uncommitted: Deque[Tuple[int, int]] = deque()
         self.uncommitted_bytes = 0
         self.turn_start = None
         self.transfer = None
 
-    def release_committed(self, commit_index):
+    def release_committed(self, commit_index: int) -> None:
         """Forget the uncommitted commands up to ``commit_index``."""
         uncommitted = self.uncommitted
         while uncommitted and uncommitted[0][0] <= commit_index:

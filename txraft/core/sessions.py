@@ -28,13 +28,13 @@ class _Session:
         self.order: List[int] = []
         self.last_index = 0
 
-    def raise_floor(self, floor):
+    def raise_floor(self, floor: int) -> None:
         self.floor = floor
         order, seen = self.order, self.seen
         while order and order[0] <= floor:
             seen.discard(heapq.heappop(order))
 
-    def add(self, seq):
+    def add(self, seq: int) -> None:
         self.seen.add(seq)
         heapq.heappush(self.order, seq)
 
