@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from txraft.testing.nemesis import partitions_available
+from txraft.testing.nemesis import CHAIN_PREFIX, Partitioner, partitions_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,11 +33,12 @@ def result_of(run):
     return json.loads(lines[-1])
 
 
-def chains_left():
-    if not partitions_available()[0]:
+def chains_left(chain):
+    """The rules of a run's own chain still in place (other runs may be going on beside this one)."""
+    if chain is None or not partitions_available()[0]:
         return []
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
-    return [line for line in rules.splitlines() if "TXRAFT-CHAOS" in line]
+    return [line for line in rules.splitlines() if chain in line.split()]
 
 
 def members_left(out):
@@ -63,7 +64,7 @@ def test_a_bounded_run_is_linearizable_and_loses_nothing(tmp_path):
     assert os.path.exists(os.path.join(out, "history.jsonl"))
     assert os.path.exists(os.path.join(out, "cluster", "member1.out"))
     assert not os.path.exists(os.path.join(out, "cluster", "certs"))
-    assert chains_left() == [] and members_left(out) == []
+    assert chains_left(result["iptables_chain"]) == [] and members_left(out) == []
 
 
 def test_a_planted_stale_read_is_caught(tmp_path):
@@ -76,7 +77,7 @@ def test_a_planted_stale_read_is_caught(tmp_path):
     assert not result["linearizable"] and result["violations"] >= 1
     with open(os.path.join(out, "violations.txt")) as f:
         assert "no linearization places" in f.read()
-    assert chains_left() == [] and members_left(out) == []
+    assert chains_left(result["iptables_chain"]) == [] and members_left(out) == []
 
 
 def test_ctrl_c_cleans_up(tmp_path):
@@ -99,7 +100,21 @@ def test_ctrl_c_cleans_up(tmp_path):
         if child.poll() is None:
             child.kill()
             child.communicate()
-    assert chains_left() == [] and members_left(out) == []
+    assert chains_left(f"{CHAIN_PREFIX}{child.pid}") == [] and members_left(out) == []
+
+
+def test_the_chains_of_dead_runs_are_removed():
+    if not partitions_available()[0]:
+        assert Partitioner.reap() == []  # no iptables: nothing to reap, and no error
+        return
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = Partitioner(["127.0.0.98", "127.0.0.99"], chain=f"{CHAIN_PREFIX}{dead}")
+    stale.open()
+    stale.partition([["127.0.0.98"], ["127.0.0.99"]])
+    assert chains_left(stale.chain) != []
+    assert stale.chain in Partitioner.reap()
+    assert chains_left(stale.chain) == []
 
 
 @pytest.mark.parametrize("args, message", [

@@ -230,6 +230,7 @@ async def run(reactor, args, seed, out):
         "faults": dict(Counter(f.kind for f in nemesis.faults)),
         "partitions": bool(partitioner is not None) if wants_partitions else "not asked",
         "partitions_unavailable": None if (partitioner is not None or not wants_partitions) else why,
+        "iptables_chain": None if partitioner is None else partitioner.chain,
         "operations": len(operations),
         "ok": statuses.get("ok", 0),
         "fail": statuses.get("fail", 0),

@@ -32,6 +32,20 @@ FAULT_KINDS = ("partition-halves", "partition-leader", "partition-bridge", "kill
                "pause", "pause-leader")
 
 
+#: Every run's chain is this prefix and the runner's process id.
+CHAIN_PREFIX = "TXRAFT-CHAOS-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def partitions_available() -> Tuple[bool, str]:
     """
     :returns: ``(available, reason)``: whether this process can add
@@ -59,7 +73,7 @@ class Partitioner:
 
     def __init__(self, hosts: Sequence[str], chain: Optional[str] = None) -> None:
         self.hosts = list(hosts)
-        self.chain = chain or f"TXRAFT-CHAOS-{os.getpid()}"
+        self.chain = chain or f"{CHAIN_PREFIX}{os.getpid()}"
         self._made = False
         self.cut: List[Tuple[str, str]] = []
 
@@ -69,8 +83,34 @@ class Partitioner:
             raise RuntimeError(f"iptables {' '.join(args)}: {result.stderr.strip()}")
         return result
 
+    @classmethod
+    def reap(cls) -> List[str]:
+        """
+        Remove the chains of chaos runs whose process is gone (one killed
+        with ``SIGKILL`` cannot clean up after itself).
+
+        :returns: the names of the chains removed.
+        """
+        if not partitions_available()[0]:
+            return []
+        listing = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+        reaped = []
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) != 2 or parts[0] != "-N" or not parts[1].startswith(CHAIN_PREFIX):
+                continue
+            owner = parts[1][len(CHAIN_PREFIX):]
+            if owner.isdigit() and not _alive(int(owner)):
+                stale = cls([], chain=parts[1])
+                stale._made = True
+                stale.close()
+                reaped.append(parts[1])
+        return reaped
+
     def open(self) -> None:
-        """Make the chain and send ``INPUT`` through it."""
+        """Make the chain and send ``INPUT`` through it (after removing those of dead runs)."""
+        for chain in self.reap():
+            self.log.warn("removed the iptables chain {chain} of a chaos run that is gone", chain=chain)
         self._run("-N", self.chain)
         self._made = True
         self._run("-I", "INPUT", "-j", self.chain)
