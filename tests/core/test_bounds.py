@@ -48,8 +48,30 @@ def test_append_entries_with_huge_indexes_are_refused(index):
 
 def test_the_largest_usable_term_is_accepted():
     core = make_core()
+    core.storage.save_hard_state(m.HardState(m.NUMBER_LIMIT - 2**31, ""))
     reply = result_of(core.receive(m.RequestVote(m.NUMBER_LIMIT - 1, B, 0, 0, disrupt=True)))
     assert reply.granted and core.term == m.NUMBER_LIMIT - 1
+
+
+@pytest.mark.parametrize("disrupt", [False, True])
+def test_no_single_request_raises_the_term_by_more_than_2_to_the_32(disrupt):
+    """One forced RequestVote must not take a cluster to its last usable term."""
+    core = make_core()
+    with pytest.raises(errors.InvalidRequest, match="more than 2\\*\\*32 above this member's term 0"):
+        result_of(core.receive(m.RequestVote(2**32 + 1, B, 0, 0, disrupt=disrupt)))
+    with pytest.raises(errors.InvalidRequest, match="more than 2\\*\\*32"):
+        result_of(core.receive(m.AppendEntries(2**32 + 1, B, 0, 0, (), 0)))
+    assert core.term == 0
+    assert result_of(core.receive(m.RequestVote(2**32, B, 0, 0, disrupt=True))).granted
+    assert core.term == 2**32
+
+
+def test_a_reply_with_a_term_far_above_ours_is_ignored():
+    core = make_core()
+    core.start_election()
+    [(peer, request, d)] = core.transport.take(m.RequestVote)[:1]
+    d.callback(m.RequestVoteReply(2**40, False))
+    assert core.term == request.term and core.role == "candidate"
 
 
 def test_a_member_at_the_last_usable_term_does_not_campaign():

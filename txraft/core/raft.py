@@ -99,6 +99,18 @@ def _check_numbers(message):
             _check_number(max(entry.term for entry in value), f"{type(message).__name__}.entries term")
 
 
+#: The most a request or reply may raise this member's term at once.  Real
+#: clusters never come near it (a member back from a long absence is behind by
+#: the elections it missed), and it keeps one message from a member
+#: certificate holder from taking the term to the last usable one.
+MAX_TERM_STEP = 2**32
+
+
+def _check_term_step(term, current):
+    if term > current + MAX_TERM_STEP:
+        raise errors.InvalidRequest(f"term {term} is more than 2**32 above this member's term {current}")
+
+
 def _check_number(value, what):
     if value < 0:
         raise errors.InvalidRequest(f"{what} must not be negative, got {value}")
@@ -329,8 +341,16 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         handler = self._reply_handlers.get(type(request))
         if handler is None:
             raise TypeError(f"the core sends no {type(request).__name__} requests")
-        if self.role is not Role.STOPPED:
-            handler(self, peer, request, reply)
+        if self.role is Role.STOPPED:
+            return
+        try:
+            _check_term_step(reply.term, self.term)
+        except errors.InvalidRequest as refusal:
+            self.log.warn("{member}: ignoring a {kind} from {peer}: {refusal}", member=self.id,
+                          kind=type(reply).__name__, peer=peer, refusal=str(refusal))
+            self.request_failed(peer, request, Failure(refusal))
+            return
+        handler(self, peer, request, reply)
 
     def request_failed(self, peer, request, failure):
         """
@@ -367,6 +387,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
             return defer.fail(errors.InvalidRequest(f"unexpected message {type(message).__name__}"))
         try:
             _check_numbers(message)
+            _check_term_step(getattr(message, "term", 0), self.term)
             return defer.maybeDeferred(handler, self, message)
         except Exception:
             return defer.fail(Failure())
