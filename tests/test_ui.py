@@ -42,6 +42,17 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy(cluster): 
 
 
 @bounded(30)
+async def test_the_page_is_read_only(cluster):  # noqa: F811
+    # Found by tests/test_fuzz.py: twisted.web answered PUT / with a 501 HTML page.
+    leader = cluster.agreed_leader()
+    for method, path in (("PUT", "/"), ("DELETE", "/ui/state"), ("POST", "/ui/page.js")):
+        response, body = await cluster.request(method, cluster.url(leader) + path)
+        assert response.code == 405, (method, path)
+        assert response.headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
+        assert "read-only" in as_json(body)["error"]
+
+
+@bounded(30)
 async def test_the_leaders_state_lists_every_member_with_its_progress(cluster):  # noqa: F811
     leader = cluster.agreed_leader()
     before = await state(cluster, leader)

@@ -54,7 +54,22 @@ def install(root: Resource, raft: Any, metrics: Any = None) -> None:
     root.putChild(b"ui", ui)
 
 
-class _Directory(Resource):
+class _ReadOnly(Resource):
+    """A resource that answers GET and HEAD, and a JSON 405 to any other method."""
+
+    def render(self, request: Any) -> bytes:
+        if request.method in (b"GET", b"HEAD"):
+            body: bytes = super().render(request)
+            return body
+        # twisted.web answers 501 for methods it does not know (PUT, DELETE):
+        # say plainly that this resource is read-only, as the API does.
+        request.setResponseCode(405)
+        request.setHeader(b"allow", b"GET, HEAD")
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "method not allowed: the cluster page is read-only"}'
+
+
+class _Directory(_ReadOnly):
     """``/ui/``: its own files, and 404 for anything else."""
 
     def getChild(self, path: bytes, request: Any) -> Any:
@@ -65,7 +80,7 @@ class _Directory(Resource):
         return page
 
 
-class StaticResource(Resource):
+class StaticResource(_ReadOnly):
     """One of the page's files, read from the package."""
 
     isLeaf = True
@@ -193,7 +208,7 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
     }
 
 
-class StateResource(Resource):
+class StateResource(_ReadOnly):
     """``GET /ui/state``: :func:`cluster_state` as JSON."""
 
     isLeaf = True
