@@ -80,6 +80,21 @@ def test_a_planted_stale_read_is_caught(tmp_path):
     assert chains_left(result["iptables_chain"]) == [] and members_left(out) == []
 
 
+def test_members_replaced_under_load_lose_nothing(tmp_path):
+    """Membership changes as faults: a member removed and killed, a new one added on an empty directory."""
+    out = str(tmp_path / "replace")
+    run = chaos("--members", "3", "--duration", "20", "--seed", "5", "--out", out, "--faults", "replace,kill",
+                "--quiet", "1", "2", "--hold", "1", "3")
+    result = result_of(run)
+    assert run.returncode == 0, (result, run.stderr[-2000:])
+    assert result["faults"].get("replace", 0) >= 1
+    assert result["linearizable"] and result["lost_acknowledged_writes"] == 0
+    with open(os.path.join(out, "result.json")) as f:
+        replaced = [x for x in json.load(f)["fault_log"] if x["kind"] == "replace"]
+    assert any(len(x["targets"]) == 2 and x["targets"][1].startswith("member") for x in replaced), replaced
+    assert members_left(out) == []
+
+
 def test_ctrl_c_cleans_up(tmp_path):
     out = str(tmp_path / "interrupted")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))

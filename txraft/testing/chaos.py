@@ -5,7 +5,8 @@
 It starts N members over mutual TLS on distinct loopback addresses, runs
 concurrent clients through different members (:mod:`txraft.testing.workload`),
 injects faults chosen from a seed (:mod:`txraft.testing.nemesis`: partitions,
-``kill -9`` and restart, pauses, some aimed at the leader), then heals, waits
+``kill -9`` and restart, pauses, some aimed at the leader, and membership
+changes that replace a member), then heals, waits
 for the cluster to recover, reads every key and checks the history
 (:mod:`txraft.testing.linearizability`): linearizable, and no acknowledged
 write lost.  It prints one JSON line, writes the history, the result and the
@@ -145,7 +146,8 @@ async def _recovered(cluster, adapter, rng, timeout):
     started = time.monotonic()
     attempt = 0
     while time.monotonic() - started < timeout:
-        member = cluster.members[attempt % len(cluster.members)]
+        live = [m for m in cluster.members if not getattr(m, "retired", False)]
+        member = live[attempt % len(live)]
         attempt += 1
         kind, value = adapter.next_operation(rng, "recovery-probe")
         if kind == "read":
@@ -191,7 +193,8 @@ async def run(reactor, args, seed, out):
     try:
         if partitioner is not None:
             partitioner.open()
-        nemesis = Nemesis(cluster, rng, args.faults, partitioner)
+        prefix = hosts_for(args.members, seed)[0].rsplit(".", 1)[0]
+        nemesis = Nemesis(cluster, rng, args.faults, partitioner, host_for=lambda n: f"{prefix}.{n + 1}")
         cluster.start_all()
         await _started(cluster, timeout=30.0)
         workload = Workload(cluster, adapter, rng, reactor, workers=args.workers, ops_per_key=args.ops_per_key)
@@ -203,14 +206,14 @@ async def run(reactor, args, seed, out):
             if time.monotonic() - started >= args.duration:
                 break
             leader = await _leader(cluster) if any(k.endswith("-leader") for k in nemesis.kinds) else None
-            nemesis.start_fault(leader)
+            await nemesis.start_fault(leader)
             await _wait(reactor, rng.uniform(*args.hold))
             nemesis.heal()
         await workload.stop()
         nemesis.heal()
         healed = time.monotonic()
         recovery = await _recovered(cluster, adapter, rng, args.recovery_timeout)
-        final = await workload.final_reads(cluster.members)
+        final = await workload.final_reads([m for m in cluster.members if not getattr(m, "retired", False)])
         await adapter.close()
         await cluster.stop()
         elapsed = healed - started

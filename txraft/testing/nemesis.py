@@ -1,7 +1,7 @@
 """
 Faults for a chaos run against real member processes: network partitions
-made with ``iptables``, ``kill -9`` and restart, and ``SIGSTOP``/``SIGCONT``
-pauses, chosen from a seed.
+made with ``iptables``, ``kill -9`` and restart, ``SIGSTOP``/``SIGCONT``
+pauses, and replacing a member through the membership API, chosen from a seed.
 
 Partitions need members on distinct loopback addresses that dial their peers
 from their own address (txraft's members do), and root.  The rules live in a
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 __all__ = ["Partitioner", "partitions_available", "Fault", "Nemesis", "FAULT_KINDS"]
 
 #: Every kind of fault; ``partition`` kinds need :func:`partitions_available`.
-FAULT_KINDS = ("partition-halves", "partition-leader", "partition-bridge", "kill", "kill-leader",
+FAULT_KINDS = ("partition-halves", "partition-leader", "partition-bridge", "kill", "kill-leader", "replace",
                "pause", "pause-leader")
 
 
@@ -172,12 +172,14 @@ class Nemesis:
     :param kinds: which of :data:`FAULT_KINDS` to choose from.
     :param partitioner: a :class:`Partitioner` (``None``: no partitions).
     :param clock: seconds since the run started.
+    :param host_for: the loopback address of the Nth member (0-based), for
+        the new members of ``replace`` faults.
     """
 
     log = Logger()
 
     def __init__(self, cluster, rng: random.Random, kinds: Sequence[str], partitioner=None,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, host_for=None) -> None:
         unknown = sorted(set(kinds) - set(FAULT_KINDS))
         if unknown:
             raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
@@ -190,6 +192,8 @@ class Nemesis:
         self.kinds = list(kinds)
         self.partitioner = partitioner
         self.clock = clock
+        #: number -> loopback address of the member with that number (for replacements)
+        self.host_for = host_for or (lambda number: f"127.0.0.{21 + number}")
         self.faults: List[Fault] = []
         self.current: Optional[Fault] = None
         self._stopped: List = []
@@ -198,7 +202,11 @@ class Nemesis:
     def _hosts(self, members) -> List[str]:
         return [m.host for m in members]
 
-    def start_fault(self, leader=None) -> Fault:
+    def live(self) -> List:
+        """The members of the cluster that were not replaced."""
+        return [m for m in self.cluster.members if not getattr(m, "retired", False)]
+
+    async def start_fault(self, leader=None) -> Fault:
         """
         Apply one fault chosen at random.
 
@@ -206,7 +214,9 @@ class Nemesis:
             (leader-targeted kinds pick a random member without one).
         """
         kind = self.rng.choice(self.kinds)
-        members = list(self.cluster.members)
+        if kind == "replace":
+            return await self._replace(leader)
+        members = self.live()
         target = leader if kind.endswith("-leader") and leader is not None else self.rng.choice(members)
         fault = Fault(kind, self.clock())
         if kind == "partition-halves":
@@ -239,6 +249,45 @@ class Nemesis:
         self.current = fault
         self.faults.append(fault)
         self.log.info("nemesis: {kind} {targets}", kind=kind, targets=fault.targets)
+        return fault
+
+    async def _replace(self, leader) -> Fault:
+        """
+        A membership change under load: remove a member through the API, kill
+        it, and add a new member on a fresh address and an empty directory in
+        its place (added as a learner, promoted once it has caught up).  The
+        removed member is retired for the rest of the run.
+        """
+        fault = Fault("replace", self.clock())
+        self.current = fault
+        self.faults.append(fault)
+        live = self.live()
+        if len(live) < 2:
+            fault.targets = ["skipped: one member"]
+            return fault
+        candidates = [m for m in live if m is not leader] or live
+        target = self.rng.choice(candidates)
+        others = [m for m in live if m is not target]
+        asked = self.rng.choice(others)
+        fault.targets = [target.name]
+        try:
+            await self.cluster.client(asked, timeout=10.0).remove_member(target.id)
+        except Exception as e:  # a change in flight, no quorum: the fault is that attempt
+            fault.targets.append(f"remove refused: {e}")
+            return fault
+        target.retired = True
+        self.cluster.kill(target, signal.SIGKILL)
+        host = self.host_for(len(self.cluster.members))
+        new = self.cluster.new_member(join=others, host=host)
+        if self.partitioner is not None:
+            self.partitioner.hosts.append(host)
+        fault.targets.append(new.name)
+        try:
+            await self.cluster.client(asked, timeout=10.0).add_member(new.id, name=new.name)
+        except Exception as e:
+            fault.targets.append(f"add refused: {e}")
+        self.cluster.start(new)
+        self.log.info("nemesis: replaced {old} with {new}", old=target.name, new=new.name)
         return fault
 
     def heal(self) -> None:

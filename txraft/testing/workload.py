@@ -205,7 +205,7 @@ class Workload:
     async def _worker(self) -> None:
         process = next(self._processes)
         while self._running:
-            member = self.rng.choice(self.cluster.members)
+            member = self.rng.choice([m for m in self.cluster.members if not getattr(m, "retired", False)])
             key = self._key()
             kind, value = self.adapter.next_operation(self.rng, key)
             token = self.history.invoke(process, kind, key, value)
