@@ -36,7 +36,7 @@ from txraft.proposals import Proposals
 @dataclass(frozen=True)
 class MemberStatus:
     """
-    One member as :meth:`Raft.membership` reports it.
+    One member as :meth:`txraft.Raft.membership` reports it.
 
     :ivar id: ``HOST:PORT``.
     :ivar name: its certificate name (``""``: none recorded).
@@ -297,7 +297,7 @@ class Raft:
 
     def membership(self):
         """
-        :returns: a :class:`Membership`: the leader this member knows of, each
+        :returns: a :class:`~txraft.member.Membership`: the leader this member knows of, each
             member's id, certificate name and role, and, on the leader, how
             far each member's log matches and the change in flight.
         """

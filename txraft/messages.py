@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 #: Every term, index, offset and sequence number is below this, whoever made
-#: it: :mod:`txraft.codec` refuses larger ones from the wire or a file, and the
+#: it: the codec (``txraft.codec``) refuses larger ones from the wire or a file, and the
 #: core never raises its own term to it.  2**62 is more elections and entries
 #: than any cluster will see, and leaves room below what msgpack and the
 #: snapshot header (64-bit unsigned) can encode, so no peer can push a member

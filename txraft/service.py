@@ -163,7 +163,7 @@ class RaftService(service.MultiService):
     :param max_command_size: the largest command (and request body) the HTTP
         API accepts; by default ``config.max_command_bytes``, the limit the
         leader applies to every command.
-    :param tune_gc: once the member runs, call :func:`tune_garbage_collector`
+    :param tune_gc: once the member runs, call :func:`~txraft.service.tune_garbage_collector`
         (``twistd raft`` does; it changes the whole process's collector, so
         embedding applications decide for themselves).
     :param credentials: the member's :class:`~txraft.transport.tls.TLSCredentials`,
@@ -384,7 +384,7 @@ def tune_garbage_collector():
     """
     Make the cyclic garbage collector's pauses rare: freeze the objects made
     so far (start-up: modules, the member) out of its reach and raise its
-    thresholds to :data:`GC_THRESHOLDS`.  Under load a member holds many
+    thresholds to ``GC_THRESHOLDS``.  Under load a member holds many
     objects (pending appends, their Deferreds), and with the default
     thresholds a full collection of them blocked the reactor for 100-540 ms
     about once a second, long enough to cost leaderships
