@@ -18,7 +18,7 @@ Run it (from the repository root, so that ``docs.examples`` imports)::
         --app docs.examples.chaos_counters:Counters \\
         --adapter docs.examples.chaos_counters:CountersAdapter
 
-or ``python docs/examples/chaos_counters.py``, which does the same for 15
+or ``python docs/examples/chaos_counters.py``, which does the same for 10
 seconds in a temporary directory and prints the runner's JSON line.
 """
 
@@ -168,6 +168,6 @@ if __name__ == "__main__":
 
     os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     with tempfile.TemporaryDirectory(prefix="txraft-chaos-counters-") as out:
-        sys.exit(chaos.main(["--duration", "15", "--out", out,
+        sys.exit(chaos.main(["--duration", "10", "--out", out,
                              "--app", "docs.examples.chaos_counters:Counters",
                              "--adapter", "docs.examples.chaos_counters:CountersAdapter"]))

@@ -70,7 +70,7 @@ def test_a_bounded_run_is_linearizable_and_loses_nothing(tmp_path):
 def test_a_planted_stale_read_is_caught(tmp_path):
     """Reads from any member's local state (?stale=true) are not linearizable: the run must say so."""
     out = str(tmp_path / "stale")
-    run = chaos("--members", "3", "--duration", "20", "--seed", "3", "--out", out,
+    run = chaos("--members", "3", "--duration", "15", "--seed", "3", "--out", out,
                 "--adapter", "tests.testing.stale_adapter:StaleReads", "--faults", "partition-leader,pause")
     result = result_of(run)
     assert run.returncode == 1, (result, run.stderr[-2000:])
@@ -83,7 +83,7 @@ def test_a_planted_stale_read_is_caught(tmp_path):
 def test_members_replaced_under_load_lose_nothing(tmp_path):
     """Membership changes as faults: a member removed and killed, a new one added on an empty directory."""
     out = str(tmp_path / "replace")
-    run = chaos("--members", "3", "--duration", "20", "--seed", "5", "--out", out, "--faults", "replace,kill",
+    run = chaos("--members", "3", "--duration", "15", "--seed", "5", "--out", out, "--faults", "replace,kill",
                 "--quiet", "1", "2", "--hold", "1", "3")
     result = result_of(run)
     assert run.returncode == 0, (result, run.stderr[-2000:])

@@ -166,7 +166,11 @@ async def run(reactor, args, seed, out):
 
     :returns: the result (a dict, also written to ``out/result.json``).
     """
-    rng = random.Random(seed)
+    # The faults and the clients draw from generators of their own, so the
+    # fault schedule (kinds, timing, which member) replays from the seed
+    # whatever the clients did meanwhile.
+    rng = random.Random(f"{seed}-faults")
+    client_rng = random.Random(f"{seed}-clients")
     os.makedirs(out, exist_ok=True)
     available, why = (False, "--no-partitions") if args.no_partitions else partitions_available()
     wants_partitions = any(k.startswith("partition") for k in args.faults)
@@ -197,7 +201,8 @@ async def run(reactor, args, seed, out):
         nemesis = Nemesis(cluster, rng, args.faults, partitioner, host_for=lambda n: f"{prefix}.{n + 1}")
         cluster.start_all()
         await _started(cluster, timeout=30.0)
-        workload = Workload(cluster, adapter, rng, reactor, workers=args.workers, ops_per_key=args.ops_per_key)
+        workload = Workload(cluster, adapter, client_rng, reactor, workers=args.workers,
+                            ops_per_key=args.ops_per_key)
         started = time.monotonic()
         nemesis.clock = lambda: time.monotonic() - started
         workload.start()
@@ -212,7 +217,7 @@ async def run(reactor, args, seed, out):
         await workload.stop()
         nemesis.heal()
         healed = time.monotonic()
-        recovery = await _recovered(cluster, adapter, rng, args.recovery_timeout)
+        recovery = await _recovered(cluster, adapter, client_rng, args.recovery_timeout)
         final = await workload.final_reads([m for m in cluster.members if not getattr(m, "retired", False)])
         await adapter.close()
         await cluster.stop()
