@@ -18,7 +18,7 @@ import time
 
 from twisted.internet import defer, task
 
-from txraft import Raft, RaftClient, RaftConfig
+from txraft import Raft, RaftClient, RaftConfig, errors
 from txraft.storage.memory import MemoryStorage
 from txraft.testing import SimulatedCluster, run_schedule
 from txraft.transport.memory import MemoryNetwork
@@ -53,14 +53,22 @@ def throughput(reactor, commands, concurrency):
     for name, target in (("leader", leader), ("follower (forwarded)", follower)):
         latencies = []
         sent = 0
+        busy = 0
 
         @defer.inlineCallbacks
         def worker():
-            nonlocal sent
+            nonlocal sent, busy
             while sent < commands:
                 sent += 1
                 started = time.perf_counter()
-                yield target.append(b"x" * 100)
+                while True:
+                    try:
+                        yield target.append(b"x" * 100)
+                        break
+                    except errors.Busy as refused:
+                        # Backpressure: nothing was stored; come back as told.
+                        busy += 1
+                        yield task.deferLater(reactor, refused.retry_after, lambda: None)
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -69,7 +77,7 @@ def throughput(reactor, commands, concurrency):
         latencies.sort()
         print(f"append via {name}: {commands} commands of 100 B, {concurrency} in flight: "
               f"{commands / elapsed:,.0f} commits/s; latency p50 {statistics.median(latencies) * 1e3:.2f} ms, "
-              f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms")
+              f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms; {busy} Busy refusals retried")
     for member in members:
         yield member.stop()
 
