@@ -102,13 +102,13 @@ def test_ctrl_c_cleans_up(tmp_path):
                               "--quiet", "0.2", "0.5"], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        log = os.path.join(out, "cluster", "member3.out")
-        while not (os.path.exists(log) and "leader" in open(log).read()):
-            assert time.monotonic() < deadline, "the members did not start"
+        # Interrupt once the run is under way: load running and a second fault begun.
+        deadline = time.monotonic() + 90
+        journal = os.path.join(out, "faults.jsonl")
+        while not (os.path.exists(journal) and len(open(journal).readlines()) >= 2):
+            assert time.monotonic() < deadline, "no fault began"
             assert child.poll() is None, child.communicate()
-            time.sleep(0.1)  # polling another process's files, not waiting on hope
-        time.sleep(2)  # let faults and load begin
+            time.sleep(0.1)  # polling another process's file for a condition, with a deadline
         child.send_signal(signal.SIGINT)
         child.communicate(timeout=60)
     finally:

@@ -198,7 +198,8 @@ async def run(reactor, args, seed, out):
         if partitioner is not None:
             partitioner.open()
         prefix = hosts_for(args.members, seed)[0].rsplit(".", 1)[0]
-        nemesis = Nemesis(cluster, rng, args.faults, partitioner, host_for=lambda n: f"{prefix}.{n + 1}")
+        nemesis = Nemesis(cluster, rng, args.faults, partitioner, host_for=lambda n: f"{prefix}.{n + 1}",
+                          journal=os.path.join(out, "faults.jsonl"))
         cluster.start_all()
         await _started(cluster, timeout=30.0)
         workload = Workload(cluster, adapter, client_rng, reactor, workers=args.workers,

@@ -14,6 +14,7 @@ runner calls it on every exit path, Ctrl-C included.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -174,12 +175,14 @@ class Nemesis:
     :param clock: seconds since the run started.
     :param host_for: the loopback address of the Nth member (0-based), for
         the new members of ``replace`` faults.
+    :param journal: a file to append each fault to as a JSON line when it
+        starts (the live fault log of a run), or ``None``.
     """
 
     log = Logger()
 
     def __init__(self, cluster, rng: random.Random, kinds: Sequence[str], partitioner=None,
-                 clock=time.monotonic, host_for=None) -> None:
+                 clock=time.monotonic, host_for=None, journal: Optional[str] = None) -> None:
         unknown = sorted(set(kinds) - set(FAULT_KINDS))
         if unknown:
             raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
@@ -194,6 +197,7 @@ class Nemesis:
         self.clock = clock
         #: number -> loopback address of the member with that number (for replacements)
         self.host_for = host_for or (lambda number: f"127.0.0.{21 + number}")
+        self.journal = journal
         self.faults: List[Fault] = []
         self.current: Optional[Fault] = None
         self._stopped: List = []
@@ -214,8 +218,13 @@ class Nemesis:
             (leader-targeted kinds pick a random member without one).
         """
         kind = self.rng.choice(self.kinds)
-        if kind == "replace":
-            return await self._replace(leader)
+        fault = await self._replace(leader) if kind == "replace" else self._network_or_process_fault(kind, leader)
+        if self.journal is not None:
+            with open(self.journal, "a") as f:
+                f.write(json.dumps(fault.to_json()) + "\n")
+        return fault
+
+    def _network_or_process_fault(self, kind: str, leader) -> Fault:
         members = self.live()
         target = leader if kind.endswith("-leader") and leader is not None else self.rng.choice(members)
         fault = Fault(kind, self.clock())
