@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from compare import percentiles  # noqa: E402 (bench/ is on sys.path when run as a script)
+
 KEYS = 10000
-
-
-def percentiles(latencies):
-    if not latencies:
-        return {"p50_ms": None, "p99_ms": None}
-    latencies = sorted(latencies)
-    return {"p50_ms": round(statistics.median(latencies) * 1e3, 3),
-            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3, 3)}
 
 
 class Target:
