@@ -118,7 +118,8 @@ def txraft_child(args):
         heartbeat=args.heartbeat, election_timeout=args.election_timeout,
         cert=os.path.join(certs, names[args.index] + ".pem"), key=os.path.join(certs, names[args.index] + ".key"),
         ca=os.path.join(certs, "ca.pem"), acl=tuple(names), peer_names=dict(zip(ids, names)),
-        request_timeout=10.0)
+        request_timeout=10.0,
+        **({"max_uncommitted_entries": args.max_uncommitted_entries} if args.max_uncommitted_entries else {}))
     store = KeyValueStore()
     raft = Raft(config, store, reactor=reactor)
     turns = TurnMonitor(reactor, Histogram("turns", "reactor turns", registry=CollectorRegistry()))
@@ -433,6 +434,8 @@ def start_cluster(system, args, directory, log):
                     "--heartbeat", str(args.heartbeat), "--election-timeout", str(args.election_timeout)]
             if getattr(args, "gc_tuned", False):
                 argv.append("--gc-tuned")
+            if getattr(args, "max_uncommitted_entries", None):
+                argv += ["--max-uncommitted-entries", str(args.max_uncommitted_entries)]
             children.append(Child(argv, env, log))
         for child in children:
             child.read()  # ready
@@ -496,6 +499,8 @@ def main():
                         help="txraft election timeout (twistd raft default)")
     parser.add_argument("--gc-tuned", action="store_true",
                         help="txraft members freeze start-up objects and collect garbage less often")
+    parser.add_argument("--max-uncommitted-entries", type=int,
+                        help="txraft RaftConfig.max_uncommitted_entries (default: txraft's own default)")
     parser.add_argument("--workdir", help="where the members' directories go (default: a temporary one)")
     parser.add_argument("--child", choices=("txraft", "pysyncobj"), help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)

@@ -2,9 +2,10 @@
 Backpressure at the leader: beyond ``max_uncommitted_entries`` or
 ``max_uncommitted_bytes`` a local append waits in the bounded admission queue
 and fails with ``Busy`` beyond it (or when its deadline passes there); a
-forwarded one fails with ``Busy`` at once (and as HTTP 429).  Nothing refused
-is ever stored, nothing admitted is applied twice, and admission resumes as
-commits drain.
+follower whose forwarded append the leader refuses as busy offers it again
+until the caller's deadline, then fails it with ``Busy`` (at once with
+``max_queued_appends=0``; HTTP 429).  Nothing refused is ever stored, nothing
+admitted is applied twice, and admission resumes as commits drain.
 """
 
 import json
@@ -105,6 +106,7 @@ def test_the_byte_bound_counts_command_bytes_and_always_admits_one_command():
 
 
 def test_appends_forwarded_by_a_follower_obey_the_leaders_bound():
+    # max_queued_appends=0: a refused forwarded append fails at once.
     cluster = started(BoundedCluster(entries=3, fsync_delay=0.05))
     leader_id = cluster.agreed_leader()
     follower = cluster.members[next(i for i in cluster.ids if i != leader_id)]
@@ -119,6 +121,38 @@ def test_appends_forwarded_by_a_follower_obey_the_leaders_bound():
     for member_id in cluster.ids:
         commands = applied_commands(cluster, member_id)
         assert sorted(commands) == sorted(b"f%d" % i for i, v in enumerate(values) if isinstance(v, int))
+
+
+def test_a_follower_offers_refused_appends_again_until_the_leader_admits_them():
+    cluster = started(BoundedCluster(entries=3, queue=100, fsync_delay=0.05))
+    leader_id = cluster.agreed_leader()
+    follower = cluster.members[next(i for i in cluster.ids if i != leader_id)]
+    results = outcomes([follower.append(b"f%d" % i) for i in range(12)])
+    assert cluster.run_until(lambda: all(results), 10)
+    values = [r[0] for r in results]
+    assert all(isinstance(v, int) for v in values), values
+    assert cluster.members[leader_id].core.busy_refusals > 0  # the leader did refuse some at first
+    cluster.run_until(cluster.converged, 5)
+    for member_id in cluster.ids:
+        assert sorted(applied_commands(cluster, member_id)) == sorted(b"f%d" % i for i in range(12))
+
+
+def test_a_forwarded_append_the_leader_never_admits_fails_with_busy_at_its_deadline_and_is_not_stored():
+    # Offered again every heartbeat (0.2 s): the deadline (0.5 s) passes
+    # between two offers, while "first" (fsync 0.8 s) holds the only slot.
+    cluster = started(BoundedCluster(entries=1, queue=100, fsync_delay=0.8, heartbeat=0.2))
+    leader_id = cluster.agreed_leader()
+    leader = cluster.members[leader_id]
+    follower = cluster.members[next(i for i in cluster.ids if i != leader_id)]
+    first = outcomes([leader.append(b"first")])
+    refused = outcomes([follower.append(b"late", timeout=0.5)])
+    assert cluster.run_until(lambda: refused[0], 5)
+    assert isinstance(refused[0][0], errors.Busy) and "nothing was stored" in str(refused[0][0])
+    assert leader.core.busy_refusals >= 2  # offered again after the first refusal
+    cluster.run_until(lambda: first[0], 10)
+    cluster.run_until(cluster.converged, 5)
+    for member_id in cluster.ids:
+        assert applied_commands(cluster, member_id) == [b"first"]
 
 
 def test_callers_that_retry_on_busy_get_every_command_applied_exactly_once():

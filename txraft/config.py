@@ -68,7 +68,7 @@ class RaftConfig:
     :ivar snapshot_chunk: bytes per InstallSnapshot chunk.
     :ivar max_uncommitted_entries: commands a leader holds placed but not yet
         committed (backpressure, like etcd's ``MaxUncommittedEntriesSize``);
-        beyond it a forwarded append fails at once with
+        beyond it the leader refuses a forwarded append with
         :class:`txraft.errors.Busy` and a local one waits in the admission
         queue (``max_queued_appends``).
     :ivar max_uncommitted_bytes: the same bound in bytes of commands; one
@@ -76,10 +76,12 @@ class RaftConfig:
     :ivar max_queued_appends: ``append()`` calls on this member that may wait
         for room in the leader's bounds (an admission queue, served in order
         as commits drain, each within its own timeout); beyond it they fail
-        at once with :class:`txraft.errors.Busy`.  Forwarded appends are not
-        queued by the leader: they fail with ``Busy`` beyond its bounds.
-        ``0``: no queue; every append beyond the bounds fails at once (etcd's
-        ``ErrProposalDropped``).
+        at once with :class:`txraft.errors.Busy`.  The leader does not queue
+        forwarded appends: it refuses them with ``Busy`` beyond its bounds,
+        and the follower that forwarded one offers it again every
+        ``retry_after`` seconds until the caller's timeout (then ``Busy``:
+        nothing was stored).  ``0``: no queue anywhere; every append beyond
+        the bounds fails at once (etcd's ``ErrProposalDropped``).
     :ivar fsync: ``"always"`` (durable before replying) or ``"never"``.
     :ivar cert: path of this member's PEM certificate.
     :ivar key: path of this member's PEM private key.

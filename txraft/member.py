@@ -516,9 +516,9 @@ class Raft:
             still be applied, but never twice),
             :class:`~txraft.errors.Busy` (at once: the leader holds as much
             uncommitted work as its configuration allows and this member's
-            admission queue is full, or the call's timeout passed while it
-            was queued; nothing was stored, retry after ``retry_after``
-            seconds), or
+            admission queue is full; or the call's timeout passed while it
+            was queued, or while a busy leader kept refusing it; nothing was
+            stored, retry after ``retry_after`` seconds), or
             :class:`~txraft.errors.Stopped`.
         :raises TypeError: at once, when ``command`` is not bytes.
         """

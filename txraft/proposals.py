@@ -55,7 +55,7 @@ _QUEUED = _Queued()
 class _Pending:
     """One ``append()`` waiting for its command to be applied here."""
 
-    __slots__ = ("command", "seq", "deferred", "placed", "deadline", "retry", "submissions", "queued")
+    __slots__ = ("command", "seq", "deferred", "placed", "deadline", "retry", "submissions", "queued", "refused")
 
     def __init__(self, command, seq, deferred):
         self.command = command
@@ -66,6 +66,7 @@ class _Pending:
         self.retry = None
         self.submissions = 0
         self.queued = False  # waiting in the admission queue, never submitted
+        self.refused = False  # the leader refused it with Busy (nothing stored); waiting to try again
 
 
 class Proposals(RaftObserver):
@@ -264,9 +265,17 @@ class Proposals(RaftObserver):
             pending.queued = True
             self._waiting.appendleft(pending)
             self._admit_soon()
+        elif failure.check(errors.Busy) and pending.submissions == 1 and self.config.max_queued_appends:
+            # Forwarded to a busy leader, which stored nothing, and no earlier
+            # copy exists: wait here and offer it again after the leader's
+            # hint, as a local append waits in the leader's queue, until the
+            # caller's deadline (then Busy: nothing was stored).
+            pending.submissions = 0
+            pending.refused = True
+            self._retry_later(pending, None, failure.value.retry_after)
         elif failure.check(errors.Busy) and pending.submissions == 1:
-            # The leader stored nothing and no earlier copy exists: the caller
-            # may retry later (or elsewhere) without any risk of a duplicate.
+            # max_queued_appends=0 (etcd's behaviour): the caller may retry
+            # later (or elsewhere) without any risk of a duplicate.
             self._finish(pending, failure.value)
         else:
             self._retry_later(pending, failure)
@@ -289,7 +298,7 @@ class Proposals(RaftObserver):
                 del self._placed[pending.placed[1]]
             pending.placed = None
 
-    def _retry_later(self, pending, failure):
+    def _retry_later(self, pending, failure, delay=None):
         if pending.seq not in self._pending or pending.retry is not None:
             return
         if failure is not None:
@@ -302,13 +311,14 @@ class Proposals(RaftObserver):
             if self._drain_call is None:
                 self._drain_call = self.clock.callLater(0, self._drain)
 
-        pending.retry = self.clock.callLater(self.config.heartbeat, retry)
+        pending.retry = self.clock.callLater(self.config.heartbeat if delay is None else delay, retry)
 
     def _expire(self, pending):
-        if pending.queued:
-            # Never left the admission queue: nothing was stored.
+        if pending.queued or (pending.refused and pending.submissions == 0):
+            # Never left the admission queue, or every leader asked refused
+            # it as busy: nothing was stored.
             self._finish(pending, errors.Busy(
-                "append() waited its whole timeout in the admission queue of a busy leader; "
+                "append() waited its whole timeout for a busy leader to admit it; "
                 "nothing was stored", retry_after=self.config.heartbeat))
             return
         if not self.core.leader:
