@@ -487,6 +487,8 @@ def run_system(system, args, directory):
 
 
 def main():
+    from txraft.tap import DEFAULTS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", default="16,64,256,1024,4096,16384",
                         help="callers in flight, comma-separated")
@@ -494,8 +496,9 @@ def main():
     parser.add_argument("--single-seconds", type=float, default=3.0, help="seconds of single-writer load")
     parser.add_argument("--only", choices=("txraft", "pysyncobj"), help="run one system only")
     parser.add_argument("--value-bytes", type=int, default=100)
-    parser.add_argument("--heartbeat", type=float, default=0.15, help="txraft heartbeat (twistd raft default)")
-    parser.add_argument("--election-timeout", type=float, default=0.6,
+    parser.add_argument("--heartbeat", type=float, default=DEFAULTS["heartbeat"],
+                        help="txraft heartbeat (twistd raft default)")
+    parser.add_argument("--election-timeout", type=float, default=DEFAULTS["election-timeout"],
                         help="txraft election timeout (twistd raft default)")
     parser.add_argument("--gc-tuned", action="store_true",
                         help="txraft members freeze start-up objects and collect garbage less often")
