@@ -35,48 +35,7 @@ from twisted.internet import defer, task
 
 from txraft.http_client import ClientError
 from txraft.tap import DEFAULTS
-from txraft.testing.processes import LocalCluster
-
-
-class Writer:
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self.skip = set()
-        self.times = []  # monotonic time of each acknowledged put
-        self.failures = 0
-        self.stopped = False
-        self.done = None
-
-    def start(self):
-        self.done = defer.ensureDeferred(self._run())
-
-    async def _run(self):
-        i = 0
-        while not self.stopped:
-            live = [m for m in self.cluster.members if m.running and m.id not in self.skip]
-            member = live[i % len(live)]
-            i += 1
-            try:
-                await self.cluster.client(member, timeout=10).put(f"steady-{i}", "x")
-            except ClientError:
-                self.failures += 1
-                await self.cluster.sleep(0.01)
-            else:
-                self.times.append(time.monotonic())
-
-    def longest_gap(self, start, end):
-        inside = [t for t in self.times if start <= t <= end]
-        before = [t for t in self.times if t < start][-1:]
-        after = [t for t in self.times if t > end][:1]
-        points = before + inside + after
-        return max((b - a for a, b in zip(points, points[1:])), default=float("nan"))
-
-    def rate(self, start, end):
-        return sum(1 for t in self.times if start <= t <= end) / max(end - start, 1e-9)
-
-    async def stop(self):
-        self.stopped = True
-        await self.done
+from txraft.testing.processes import LocalCluster, SteadyWriter
 
 
 async def leader_of(cluster, members=None):
@@ -99,7 +58,7 @@ async def run(reactor, args):
     try:
         cluster.start_all()
         await leader_of(cluster)
-        writer = Writer(cluster)
+        writer = SteadyWriter(cluster)
         writer.start()
         await cluster.sleep(1.0)
 
@@ -163,7 +122,7 @@ async def run(reactor, args):
                     await defer.DeferredList(list(pending), fireOnOneCallback=True)
             await defer.DeferredList(list(pending))
             print(f"stored {count} values, {args.state_mb} MB, in {time.monotonic() - t0:.1f} s")
-            writer = Writer(cluster)
+            writer = SteadyWriter(cluster)
             writer.start()
             await cluster.sleep(3.0)
             before = writer.rate(time.monotonic() - 3.0, time.monotonic())

@@ -13,61 +13,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from txraft.http_client import ClientError
-from txraft.testing.processes import LocalCluster
+from txraft.testing.processes import LocalCluster, SteadyWriter
 from tests.test_processes import bounded
 
 pytestmark = pytest.mark.slow
-
-
-class Writer:
-    """Writes numbered keys through the members in ``targets`` (a list it may be given anew), in turn."""
-
-    def __init__(self, cluster, targets):
-        self.cluster = cluster
-        self.targets = list(targets)
-        self.acknowledged = {}
-        self.unknown = 0
-        self.stopped = False
-        self.gaps = []  # seconds between successive acknowledgements
-        self._last = None
-        self.done = None
-
-    def start(self):
-        self.done = defer.ensureDeferred(self._run())
-
-    async def _run(self):
-        i = 0
-        while not self.stopped:
-            live = [m for m in self.targets if m.running]
-            if not live:
-                await self.cluster.sleep(0.05)
-                continue
-            member = live[i % len(live)]
-            key, value = f"w{i}", f"value {i}"
-            i += 1
-            try:
-                await self.cluster.client(member, timeout=10).put(key, value)
-            except ClientError:
-                self.unknown += 1
-                await self.cluster.sleep(0.02)
-            else:
-                now = time.monotonic()
-                if self._last is not None:
-                    self.gaps.append(now - self._last)
-                self._last = now
-                self.acknowledged[key] = value.encode()
-
-    async def at_least(self, more, timeout=30, what="writes"):
-        target = len(self.acknowledged) + more
-
-        async def enough():
-            return len(self.acknowledged) >= target
-
-        await self.cluster.wait_for(enough, timeout, f"{more} more {what}")
-
-    async def stop(self):
-        self.stopped = True
-        await self.done
 
 
 async def members_document(cluster, member):
@@ -132,7 +81,7 @@ async def cluster(tmp_path):
 async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
     async def body():
         founders = list(cluster.members)
-        writer = Writer(cluster, founders)
+        writer = SteadyWriter(cluster, founders)
         writer.start()
         await writer.at_least(20)
         added = []
@@ -153,8 +102,8 @@ async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
         await writer.at_least(20)
         await writer.stop()
         await check_every_write(cluster, remaining, writer.acknowledged)
-        print(f"{len(writer.acknowledged)} writes acknowledged, {writer.unknown} unknown; "
-              f"longest gap {max(writer.gaps):.3f} s")
+        print(f"{len(writer.acknowledged)} writes acknowledged, {writer.failures} unknown; "
+              f"longest gap {max(writer.gaps()):.3f} s")
 
     await bounded(170, body())
 
@@ -163,7 +112,7 @@ async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
 async def test_replace_a_member_killed_with_kill_9(cluster):
     async def body():
         founders = list(cluster.members)
-        writer = Writer(cluster, founders)
+        writer = SteadyWriter(cluster, founders)
         writer.start()
         await writer.at_least(20)
         dead = founders[1]
@@ -190,7 +139,7 @@ async def test_replace_a_member_killed_with_kill_9(cluster):
 async def test_rolling_restart_with_sigterm_while_writing(cluster):
     async def body():
         members = list(cluster.members)
-        writer = Writer(cluster, members)
+        writer = SteadyWriter(cluster, members)
         writer.start()
         await writer.at_least(20)
         for member in members:
@@ -204,8 +153,8 @@ async def test_rolling_restart_with_sigterm_while_writing(cluster):
         await check_every_write(cluster, members, writer.acknowledged)
         # The leader of the moment handed over before it stopped.
         assert any("hands leadership to" in cluster.output(m) for m in members)
-        print(f"rolling restart: {len(writer.acknowledged)} writes acknowledged, {writer.unknown} unknown; "
-              f"longest gap {max(writer.gaps):.3f} s")
+        print(f"rolling restart: {len(writer.acknowledged)} writes acknowledged, {writer.failures} unknown; "
+              f"longest gap {max(writer.gaps()):.3f} s")
 
     await bounded(170, body())
 

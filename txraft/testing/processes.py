@@ -41,7 +41,7 @@ from twisted.internet import defer, task
 
 from txraft.http_client import Client, ClientError
 
-__all__ = ["LocalCluster", "Member", "twistd_command", "free_port"]
+__all__ = ["LocalCluster", "Member", "SteadyWriter", "twistd_command", "free_port"]
 
 
 def twistd_command():
@@ -352,3 +352,85 @@ class LocalCluster:
             return s is not None and s["applied_index"] >= index
 
         await self.wait_for(applied, timeout, f"{member.name} applied index {index}")
+
+
+class SteadyWriter:
+    """
+    Puts numbered keys through a cluster's running members in turn, one at a
+    time, until stopped, and records every acknowledgement: a steady load
+    whose gaps show how long a fault or a membership change kept writes out.
+
+    :param cluster: the :class:`LocalCluster`.
+    :param targets: the members to write through (default: all the
+        cluster's); assign :attr:`targets` or :attr:`skip` anew at any time.
+    :param float timeout: seconds each put may take.
+
+    :ivar acknowledged: ``{key: value}`` of every acknowledged put.
+    :ivar times: ``time.monotonic()`` of each acknowledgement, in order.
+    :ivar failures: puts that failed or timed out (their outcome is unknown).
+    :ivar skip: ids of members not to write through.
+    """
+
+    def __init__(self, cluster, targets=None, timeout=10.0):
+        self.cluster = cluster
+        self.targets = list(cluster.members if targets is None else targets)
+        self.skip = set()
+        self.timeout = timeout
+        self.acknowledged = {}
+        self.times = []
+        self.failures = 0
+        self._stopped = False
+        self._done = None
+
+    def start(self):
+        """Begin writing."""
+        self._done = defer.ensureDeferred(self._run())
+
+    async def stop(self):
+        """Stop writing; fires once the put in flight has finished."""
+        self._stopped = True
+        await self._done
+
+    async def _run(self):
+        i = 0
+        while not self._stopped:
+            live = [m for m in self.targets if m.running and m.id not in self.skip]
+            if not live:
+                await self.cluster.sleep(0.05)
+                continue
+            member = live[i % len(live)]
+            key, value = f"steady-{i}", f"value {i}"
+            i += 1
+            try:
+                await self.cluster.client(member, timeout=self.timeout).put(key, value)
+            except ClientError:
+                self.failures += 1
+                await self.cluster.sleep(0.01)
+            else:
+                self.times.append(time.monotonic())
+                self.acknowledged[key] = value.encode()
+
+    async def at_least(self, more, timeout=30.0, what="writes"):
+        """Wait until ``more`` puts beyond those acknowledged so far are acknowledged."""
+        target = len(self.acknowledged) + more
+
+        async def enough():
+            return len(self.acknowledged) >= target
+
+        await self.cluster.wait_for(enough, timeout, f"{more} more {what}")
+
+    def gaps(self):
+        """:returns: the seconds between successive acknowledgements."""
+        return [b - a for a, b in zip(self.times, self.times[1:])]
+
+    def longest_gap(self, start, end):
+        """:returns: the longest time without an acknowledgement between monotonic times ``start`` and ``end``."""
+        inside = [t for t in self.times if start <= t <= end]
+        before = [t for t in self.times if t < start][-1:]
+        after = [t for t in self.times if t > end][:1]
+        points = before + inside + after
+        return max((b - a for a, b in zip(points, points[1:])), default=float("nan"))
+
+    def rate(self, start, end):
+        """:returns: acknowledgements per second between monotonic times ``start`` and ``end``."""
+        return sum(1 for t in self.times if start <= t <= end) / max(end - start, 1e-9)
