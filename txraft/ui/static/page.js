@@ -4,7 +4,7 @@
 
 const REFRESH_MS = 1000;
 const HISTORY_S = 300;
-const history = { applied: [], appends: [] };
+const history = { applied: [], appends: [], reads: [] };
 let last = null;
 
 function text(id, value) { document.getElementById(id).textContent = value; }
@@ -72,6 +72,7 @@ function render(state) {
   text("commit", state.commit_index);
   text("applied", state.applied_index);
   text("snapshot", state.snapshot_index || "none");
+  text("reads", state.reads);
   showBanner(state.warning);
 
   const body = document.querySelector("#members tbody");
@@ -102,10 +103,12 @@ function render(state) {
     record(history.applied, state.time, Math.max(0, state.applied_index - last.applied_index) / dt);
     if (state.appends !== null && last.appends !== null)
       record(history.appends, state.time, Math.max(0, state.appends - last.appends) / dt);
+    record(history.reads, state.time, Math.max(0, state.reads - last.reads) / dt);
   }
   last = state;
   draw("chart-applied", history.applied);
   draw("chart-appends", history.appends);
+  draw("chart-reads", history.reads);
 
   const events = document.getElementById("events");
   events.replaceChildren();
