@@ -114,6 +114,7 @@ def test_append_latency_is_observed_and_failures_counted_by_error():
 
 def test_linearizable_reads_are_counted_by_outcome():
     cluster = settled(request_timeout=1.0)
+    leader = cluster.members[cluster.agreed_leader()]
     member = cluster.members[follower_of(cluster)]
     metrics = MemberMetrics(member)
     kv = KeyValueClient(member, cluster.clients[member.id])
@@ -129,9 +130,13 @@ def test_linearizable_reads_are_counted_by_outcome():
     assert lost[0].check(errors.NoQuorum)
     assert sample(metrics, "txraft_reads_total", outcome="no_quorum") == 1.0
     assert sample(metrics, "txraft_reads_total", outcome="ok") == 3.0
+    leader_metrics = MemberMetrics(leader)
+    waiting = outcome(leader.read_index())  # waits for a heartbeat round
     cluster.stop()
+    waiting.pop().trap(errors.Stopped)
     outcome(kv.get("k")).pop().trap(errors.Stopped)
     assert sample(metrics, "txraft_reads_total", outcome="stopped") == 1.0
+    assert sample(leader_metrics, "txraft_reads_total", outcome="stopped") == 1.0
 
 
 def test_elections_and_leader_changes_are_counted():

@@ -497,6 +497,9 @@ class Raft:
                     self.reads["no_quorum"] += 1
                     raise errors.NoQuorum("no leader confirmed a read point in time")
                 yield self._sleep(self.config.heartbeat)
+            except errors.Stopped:
+                self.reads["stopped"] += 1
+                raise
         if self.core.applied_index < index:
             waiter = self._applied_waiters.waiting.wait(index)
             waiter.addTimeout(max(deadline - self.reactor.seconds(), 0), self.reactor)
