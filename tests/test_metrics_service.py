@@ -4,6 +4,8 @@ The metrics of a member as ``RaftService`` builds it (the disk store from
 size of the latest snapshot and linearizable reads served.
 """
 
+import json
+
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
@@ -57,5 +59,8 @@ async def test_fsync_time_snapshot_size_and_reads_are_scraped_from_a_disk_member
         # 20+ keys of 100 bytes are in the key-value store's snapshot.
         assert after[("txraft_snapshot_bytes", ())] > 20 * 100
         assert after[("txraft_fsync_seconds_count", ())] > fsyncs
+        # The cluster page shows the same size beside the snapshot index.
+        code, page = await client._request("GET", client._url() + "/ui/state")
+        assert code == 200 and json.loads(page)["snapshot_bytes"] == after[("txraft_snapshot_bytes", ())]
 
     await defer.ensureDeferred(body()).addTimeout(30, reactor)

@@ -213,6 +213,7 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
         "applied_index": status.applied_index,
         "last_index": status.last_index,
         "snapshot_index": getattr(core, "snapshot_index", 0) if core is not None else 0,
+        "snapshot_bytes": metrics.snapshot_bytes if metrics is not None else None,
         "members": members,
         "warning": warning,
         "events": list(events.events)[-20:],

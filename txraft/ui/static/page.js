@@ -19,6 +19,13 @@ function ago(seconds) {
   return Math.round(seconds / 3600) + " h ago";
 }
 
+function size(bytes) {
+  if (bytes < 1024) return bytes + " B";
+  if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " KiB";
+  if (bytes < 1024 * 1024 * 1024) return (bytes / 1024 / 1024).toFixed(1) + " MiB";
+  return (bytes / 1024 / 1024 / 1024).toFixed(1) + " GiB";
+}
+
 function cell(row, value, cls) {
   const td = row.insertCell();
   td.textContent = value === null || value === undefined ? "—" : String(value);
@@ -72,6 +79,7 @@ function render(state) {
   text("commit", state.commit_index);
   text("applied", state.applied_index);
   text("snapshot", state.snapshot_index || "none");
+  text("snapshot-size", state.snapshot_index && state.snapshot_bytes !== null ? size(state.snapshot_bytes) : "");
   text("reads", state.reads);
   showBanner(state.warning);
 
