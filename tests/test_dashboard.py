@@ -29,7 +29,8 @@ def alert_queries():
 
 def test_the_dashboard_has_the_panels_an_operator_watches():
     titles = " / ".join(dashboard_queries()).lower()
-    for topic in ("leader changes", "elections", "commit latency", "follower lag", "snapshot"):
+    for topic in ("leader changes", "elections", "commit latency", "follower lag", "snapshot", "fsync time",
+                  "snapshot size", "reads"):
         assert topic in titles
 
 

@@ -112,6 +112,33 @@ def test_append_latency_is_observed_and_failures_counted_by_error():
     assert sample(metrics, "txraft_append_latency_seconds_count") == 2.0
 
 
+def test_linearizable_reads_are_counted_by_outcome():
+    cluster = settled(request_timeout=1.0)
+    leader = cluster.members[cluster.agreed_leader()]
+    member = cluster.members[follower_of(cluster)]
+    metrics = MemberMetrics(member)
+    kv = KeyValueClient(member, cluster.clients[member.id])
+    assert sample(metrics, "txraft_reads_total", outcome="ok") == 0.0
+    reads = [outcome(kv.get("k")) for _ in range(3)]
+    outcome(kv.get("k", stale=True))  # read locally, no read point: not counted
+    cluster.run(0.5)
+    assert all(box == [None] for box in reads)
+    assert sample(metrics, "txraft_reads_total", outcome="ok") == 3.0
+    cluster.network.isolate(member.id, cluster.ids)
+    lost = outcome(kv.get("k", timeout=0.5))
+    cluster.run(1.0)
+    assert lost[0].check(errors.NoQuorum)
+    assert sample(metrics, "txraft_reads_total", outcome="no_quorum") == 1.0
+    assert sample(metrics, "txraft_reads_total", outcome="ok") == 3.0
+    leader_metrics = MemberMetrics(leader)
+    waiting = outcome(leader.read_index())  # waits for a heartbeat round
+    cluster.stop()
+    waiting.pop().trap(errors.Stopped)
+    outcome(kv.get("k")).pop().trap(errors.Stopped)
+    assert sample(metrics, "txraft_reads_total", outcome="stopped") == 1.0
+    assert sample(leader_metrics, "txraft_reads_total", outcome="stopped") == 1.0
+
+
 def test_elections_and_leader_changes_are_counted():
     cluster = settled()
     all_metrics = {i: metrics_of(cluster, i) for i in cluster.ids}
@@ -136,6 +163,9 @@ def test_snapshots_taken_and_installed_are_counted_and_bytes_replicated_per_peer
     cluster.run(0.5)
     assert sample(leader_metrics, "txraft_snapshots_taken_total") >= 2.0
     assert sample(leader_metrics, "txraft_snapshot_index") > 0
+    # The key-value store's snapshot holds every key of ~100 bytes so far.
+    taken = sample(leader_metrics, "txraft_snapshot_bytes")
+    assert taken > 8 * 100
     for peer in cluster.ids:
         if peer != leader:
             # 30 entries of a ~110-byte command, plus the entry overhead
@@ -150,6 +180,7 @@ def test_snapshots_taken_and_installed_are_counted_and_bytes_replicated_per_peer
     victim_metrics = metrics_of(cluster, restarted.id)
     assert cluster.run_until(cluster.converged, 10.0)
     assert sample(victim_metrics, "txraft_snapshots_installed_total") == 1.0
+    assert sample(victim_metrics, "txraft_snapshot_bytes") > taken
     assert sample(leader_metrics, "txraft_replicated_bytes_total", peer=victim, kind="snapshot") > 0
 
 

@@ -119,6 +119,10 @@ class Raft:
     :param storage: an :class:`~txraft.interfaces.IStorage`; defaults to the
         disk store in ``config.log_dir``, or memory when that is ``None``.
     :param rng: a ``random.Random`` for election timeouts and session ids.
+
+    :ivar reads: :meth:`read_index` calls ended, by outcome: ``"ok"`` (a
+        linearizable read served), ``"no_quorum"``, ``"timeout"`` and
+        ``"stopped"``; plain counts, read by the metrics at scrape time.
     """
 
     log = Logger()
@@ -143,6 +147,7 @@ class Raft:
         self._session = "%032x" % self.rng.getrandbits(128)
         self._proposals = None  # the pending appends, once the core exists
         self._applied_waiters = _AppliedWaiters()
+        self.reads = {"ok": 0, "no_quorum": 0, "timeout": 0, "stopped": 0}
 
     # -- membership and lifecycle -----------------------------------------
 
@@ -480,6 +485,7 @@ class Raft:
             then be read locally.
         """
         if self._state != "running":
+            self.reads["stopped"] += 1
             raise errors.Stopped(f"member {self.id} is not running")
         deadline = self.reactor.seconds() + (timeout or self.config.request_timeout)
         while True:
@@ -488,15 +494,24 @@ class Raft:
                 break
             except (errors.NotLeader, errors.TransportError, defer.TimeoutError, defer.CancelledError):
                 if self.reactor.seconds() >= deadline or self._state != "running":
+                    self.reads["no_quorum"] += 1
                     raise errors.NoQuorum("no leader confirmed a read point in time")
                 yield self._sleep(self.config.heartbeat)
+            except errors.Stopped:
+                self.reads["stopped"] += 1
+                raise
         if self.core.applied_index < index:
             waiter = self._applied_waiters.waiting.wait(index)
             waiter.addTimeout(max(deadline - self.reactor.seconds(), 0), self.reactor)
             try:
                 yield waiter
             except defer.TimeoutError:
+                self.reads["timeout"] += 1
                 raise errors.Timeout(f"not applied up to {index} in time") from None
+            except errors.Stopped:
+                self.reads["stopped"] += 1
+                raise
+        self.reads["ok"] += 1
         return index
 
     def _sleep(self, seconds):

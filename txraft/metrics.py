@@ -63,7 +63,18 @@ Every name starts with ``txraft_``:
                                             fired, i.e. the reactor turn it waited behind
                                             (once :meth:`MemberMetrics.watch_reactor` runs)
 ``txraft_reactor_turn_max_seconds``         the longest of those since the start
+``txraft_reads_total{outcome}``             linearizable reads (``read_index()`` calls, which
+                                            the HTTP API's ``GET`` makes) ended: ``ok``
+                                            (served), ``no_quorum``, ``timeout``, ``stopped``
+``txraft_fsync_seconds``                    histogram: how long each ``fsync`` of a log file
+                                            took (disk store only; empty on other stores)
+``txraft_snapshot_bytes``                   size of the latest snapshot taken or installed
+                                            (0: none)
 ==========================================  =================================================
+
+The storage knows nothing of metrics: the fsync histogram is fed through the
+disk store's ``fsync_observers`` hook, and the snapshot size is read from the
+store's current snapshot when one is taken or installed.
 """
 
 from __future__ import annotations
@@ -88,6 +99,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 #: Reactor turn buckets, seconds: from nothing to well past an election timeout.
 TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+#: fsync buckets, seconds: from a disk with a write cache (~50 us) through
+#: SSDs and network block storage to a disk that stalls past an election timeout.
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class TurnMonitor:
@@ -215,10 +230,15 @@ class MemberMetrics(RaftObserver):
             "txraft_reactor_turn_seconds",
             "Seconds a timer due every 20 ms fired late: the reactor turn it waited behind",
             buckets=TURN_BUCKETS, registry=self.registry))
+        self.fsync_seconds = Histogram(
+            "txraft_fsync_seconds", "Seconds each fsync of a log file took (disk store only)",
+            buckets=FSYNC_BUCKETS, registry=self.registry)
         # Event counters, updated as an observer of the core once attached.
         self.leader_changes = 0
         self.snapshots_taken = 0
         self.snapshots_installed = 0
+        #: Bytes of the latest snapshot taken or installed (0: none).
+        self.snapshot_bytes = 0
         self._core = None
         self._first_term = None
         self.transport = transport if count_bytes else None
@@ -251,6 +271,12 @@ class MemberMetrics(RaftObserver):
         self._core = core
         self._first_term = core.term
         core.add_observer(self)
+        storage = getattr(core, "storage", None)
+        observers = getattr(storage, "fsync_observers", None)
+        if observers is not None:
+            observers.append(self.fsync_seconds.observe)
+        # A snapshot restored at start came before we observed the core.
+        self._measure_snapshot()
         found = getattr(core, "transport", None)
         if self.transport is None and self.count_bytes and isinstance(found, CountingTransport):
             # Built by txraft.defaults: the member already sends through a
@@ -269,12 +295,28 @@ class MemberMetrics(RaftObserver):
             self.leader_changes += 1
 
     def restored(self, meta):
-        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot installed."""
+        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot installed, and measure it."""
         self.snapshots_installed += 1
+        self._measure_snapshot()
 
     def snapshot_taken(self, meta):
-        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot of our own state."""
+        """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot of our own state, and measure it."""
         self.snapshots_taken += 1
+        self._measure_snapshot()
+
+    def _measure_snapshot(self):
+        # Once per snapshot, not per scrape: the store may be closed by then.
+        storage = getattr(self._core, "storage", None)
+        try:
+            source = storage.open_snapshot() if storage is not None else None
+        except Exception:
+            self.log.failure("could not measure the latest snapshot")
+            return
+        if source is not None:
+            try:
+                self.snapshot_bytes = source.size
+            finally:
+                source.close()
 
     # -- observing appends ---------------------------------------------------------
 
@@ -369,6 +411,13 @@ class _StatusCollector:
                                   value=core.busy_refusals if core is not None else 0)
         yield gauge("txraft_reactor_turn_max_seconds", "The longest reactor turn measured since the start",
                     metrics.reactor_turns.longest)
+        reads = CounterMetricFamily("txraft_reads", "Linearizable reads (read_index() calls) ended, by outcome",
+                                    labels=["outcome"])
+        for outcome, count in getattr(metrics.raft, "reads", {}).items():
+            reads.add_metric([outcome], count)
+        yield reads
+        yield gauge("txraft_snapshot_bytes", "Bytes of the latest snapshot taken or installed (0: none)",
+                    metrics.snapshot_bytes)
 
         sent = CounterMetricFamily("txraft_replicated_bytes", "Bytes replicated to each peer",
                                    labels=["peer", "kind"])

@@ -246,6 +246,26 @@ class TestGroupCommit:
         assert storage.sync_count - count == 1
 
     @deferred_test
+    def test_fsync_observers_see_each_fsync_on_the_reactor_thread_and_cannot_block_writes(
+            self, storages, log_dir, fsyncs):
+        storage = yield storages(log_dir)
+        seen = []
+
+        def observe(seconds):
+            seen.append((seconds, threading.current_thread()))
+
+        def broken(seconds):
+            raise RuntimeError("a faulty metrics hook")
+
+        storage.fsync_observers.extend([broken, observe])
+        count = storage.sync_count
+        yield defer.gatherResults([storage.append([entry(1, i)]) for i in range(1, 11)])
+        yield storage.append([entry(1, 11)])
+        assert len(seen) == storage.sync_count - count == 2
+        for seconds, thread in seen:
+            assert 0 < seconds < TEST_TIMEOUT and thread is threading.main_thread()
+
+    @deferred_test
     def test_fsync_never_runs_on_the_reactor_thread(self, storages, log_dir, fsyncs):
         storage = yield storages(log_dir)
         for i in range(1, 6):

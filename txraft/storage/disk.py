@@ -131,6 +131,10 @@ class DiskStorage:
 
     :ivar sync_count: number of ``fsync`` calls made on log files; a test and
         benchmark aid.
+    :ivar fsync_observers: a list of callables, each given the seconds one
+        ``fsync`` of a log file took, on the reactor thread once the writes it
+        made durable are done.  :class:`txraft.metrics.MemberMetrics` adds
+        one (the storage knows nothing of metrics).
     """
 
     log = Logger()
@@ -285,6 +289,10 @@ class DiskStorage:
     @property
     def sync_count(self):
         return self._writer.sync_count
+
+    @property
+    def fsync_observers(self):
+        return self._writer.fsync_observers
 
     @property
     def hard_state(self):

@@ -25,9 +25,11 @@ storage must then refuse further writes (:meth:`OrderedWriter.refusal`).
 from __future__ import annotations
 
 import os
+import time
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from txraft.errors import StorageError
@@ -48,6 +50,8 @@ class Batch:
         memory (tagged with ``serial``) until it is done.
     :ivar waiters: Deferreds to fire, in issue order, when the batch is durable.
     :ivar switches: the ``switch`` operations, in issue order.
+    :ivar fsync_seconds: how long each ``fsync`` of a log file took, filled
+        in by the worker thread.
     """
 
     def __init__(self, serial):
@@ -56,6 +60,7 @@ class Batch:
         self.written = []
         self.waiters = []
         self.switches = []
+        self.fsync_seconds = []
 
     def write(self, segment, offset, data):
         """Write ``data`` at ``offset`` of ``segment`` (through its ``wfd``)."""
@@ -91,13 +96,19 @@ class OrderedWriter:
         Deferred to it.
     :ivar failure: the exception of the first failed batch, else ``None``.
     :ivar sync_count: number of ``fsync`` calls made on files written.
+    :ivar fsync_observers: callables given the seconds each ``fsync`` of a
+        file written took, on the reactor thread once its batch is durable
+        (before the batch's Deferreds fire); metrics add theirs here.
     """
+
+    log = Logger()
 
     def __init__(self, reactor, directory, fsync, switch, done, failed):
         self.directory = directory
         self.fsync = fsync
         self.failure = None
         self.sync_count = 0
+        self.fsync_observers = []
         self.batch = Batch(1)
         self._reactor = reactor
         self._switch = switch
@@ -186,19 +197,29 @@ class OrderedWriter:
                     dirty.append(segment)
             else:
                 for segment in dirty:
-                    self._sync(segment.wfd, fsync)
+                    self._sync(batch, segment.wfd, fsync)
                 dirty = []
                 self._switch(operation[1], fsync)
         for segment in dirty:
-            self._sync(segment.wfd, fsync)
+            self._sync(batch, segment.wfd, fsync)
 
-    def _sync(self, fd, fsync):
+    def _sync(self, batch, fd, fsync):
         if fsync:
+            started = time.perf_counter()
             os.fsync(fd)
+            batch.fsync_seconds.append(time.perf_counter() - started)
             self.sync_count += 1
 
     def _batch_done(self, _, batch):
         self._in_flight = None
+        for observe in self.fsync_observers:
+            try:
+                for seconds in batch.fsync_seconds:
+                    observe(seconds)
+            except Exception:
+                # An observer's fault must not keep the batch's writes from
+                # being acknowledged.
+                self.log.failure("fsync observer {observer!r} failed", observer=observe)
         self._done(batch)
         for d in batch.waiters:
             d.callback(None)

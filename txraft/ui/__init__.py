@@ -143,24 +143,33 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
     :returns: this member's view of the cluster, as ``/ui/state`` serves it.
         Other members' roles and progress are known only to the leader; a
         follower reports the leader it knows and lists the rest as
-        ``follower`` without figures.
+        ``follower`` without figures.  Learners are named ``learner`` from
+        the configuration this member holds (:meth:`txraft.Raft.membership`),
+        and the leader shows their progress as it does its followers'.
     """
     events.attach()
     now = raft.reactor.seconds()
     status = raft.status()
     core = getattr(raft, "core", None)
     names = dict(getattr(raft.config, "peer_names", {}) or {})
+    learners = set()
+    for held in raft.membership().members:
+        if held.name:
+            names[held.id] = held.name
+        if not held.voter:
+            learners.add(held.id)
     progress: Dict[str, Any] = {}
     window = 2 * raft.config.election_base
     if core is not None and status.role == "leader":
         progress = dict(getattr(core.state, "progress", {}) or {})
+    own_role = "learner" if status.id in learners and status.role == "follower" else str(status.role)
     members: List[Dict[str, Any]] = []
     reachable = 0
     for member in status.members:
         entry: Dict[str, Any] = {"id": member, "name": names.get(member, ""), "self": member == status.id,
                                  "match_index": None, "lag": None, "last_contact": None}
         if member == status.id:
-            entry["role"] = str(status.role)
+            entry["role"] = own_role
             entry["match_index"] = status.last_index
             entry["lag"] = 0
             reachable += 1
@@ -170,10 +179,12 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
             entry["match_index"] = p.match_index
             entry["lag"] = max(0, status.last_index - p.match_index)
             entry["last_contact"] = round(age, 3)
-            entry["role"] = "unreachable" if age > window else "follower"
-            reachable += age <= window
+            entry["role"] = "unreachable" if age > window else "learner" if member in learners else "follower"
+            reachable += age <= window and member not in learners
         elif member == status.leader:
             entry["role"] = "leader"
+        elif member in learners:
+            entry["role"] = "learner"
         else:
             entry["role"] = "follower" if status.leader else "unknown"
         members.append(entry)
@@ -183,8 +194,9 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
     elif not status.leader:
         warning = (f"no leader: {status.id} (term {status.term}) has lost its leader or cannot reach a quorum; "
                    "writes fail until a leader is elected")
-    elif status.role == "leader" and reachable <= len(status.members) // 2:
-        warning = (f"{status.id} leads but reaches {reachable} of {len(status.members)} members, "
+    elif status.role == "leader" and reachable <= (len(status.members) - len(learners)) // 2:
+        # Learners never count towards a quorum.
+        warning = (f"{status.id} leads but reaches {reachable} of {len(status.members) - len(learners)} voters, "
                    "not a quorum; it will step down")
     appends = None
     if metrics is not None:
@@ -193,7 +205,7 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
     return {
         "time": now,
         "id": status.id,
-        "role": str(status.role),
+        "role": own_role,
         "leader": status.leader or "",
         "leader_since": events.leader_since if events.leader == status.leader and status.leader else None,
         "term": status.term,
@@ -201,10 +213,13 @@ def cluster_state(raft: Any, events: ClusterEvents, metrics: Any = None) -> Dict
         "applied_index": status.applied_index,
         "last_index": status.last_index,
         "snapshot_index": getattr(core, "snapshot_index", 0) if core is not None else 0,
+        "snapshot_bytes": metrics.snapshot_bytes if metrics is not None else None,
         "members": members,
         "warning": warning,
         "events": list(events.events)[-20:],
         "appends": appends,
+        # Linearizable reads this member served (Raft.reads), for the read chart.
+        "reads": raft.reads["ok"],
     }
 
 

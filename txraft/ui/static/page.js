@@ -4,7 +4,7 @@
 
 const REFRESH_MS = 1000;
 const HISTORY_S = 300;
-const history = { applied: [], appends: [] };
+const history = { applied: [], appends: [], reads: [] };
 let last = null;
 
 function text(id, value) { document.getElementById(id).textContent = value; }
@@ -17,6 +17,13 @@ function ago(seconds) {
   if (seconds < 60) return Math.round(seconds) + " s ago";
   if (seconds < 3600) return Math.round(seconds / 60) + " min ago";
   return Math.round(seconds / 3600) + " h ago";
+}
+
+function size(bytes) {
+  if (bytes < 1024) return bytes + " B";
+  if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " KiB";
+  if (bytes < 1024 * 1024 * 1024) return (bytes / 1024 / 1024).toFixed(1) + " MiB";
+  return (bytes / 1024 / 1024 / 1024).toFixed(1) + " GiB";
 }
 
 function cell(row, value, cls) {
@@ -72,6 +79,8 @@ function render(state) {
   text("commit", state.commit_index);
   text("applied", state.applied_index);
   text("snapshot", state.snapshot_index || "none");
+  text("snapshot-size", state.snapshot_index && state.snapshot_bytes !== null ? size(state.snapshot_bytes) : "");
+  text("reads", state.reads);
   showBanner(state.warning);
 
   const body = document.querySelector("#members tbody");
@@ -102,10 +111,12 @@ function render(state) {
     record(history.applied, state.time, Math.max(0, state.applied_index - last.applied_index) / dt);
     if (state.appends !== null && last.appends !== null)
       record(history.appends, state.time, Math.max(0, state.appends - last.appends) / dt);
+    record(history.reads, state.time, Math.max(0, state.reads - last.reads) / dt);
   }
   last = state;
   draw("chart-applied", history.applied);
   draw("chart-appends", history.appends);
+  draw("chart-reads", history.reads);
 
   const events = document.getElementById("events");
   events.replaceChildren();
