@@ -16,6 +16,12 @@ PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "tx
               "txraft.interfaces"}
 
 
+def core_modules():
+    """Every module of txraft/core, the package included."""
+    return {"txraft.core"} | {f"txraft.core.{path.stem}" for path in (ROOT / "txraft" / "core").glob("*.py")
+                              if path.stem != "__init__"}
+
+
 def strict_modules():
     config = configparser.ConfigParser()
     config.read(ROOT / "mypy.ini")
@@ -36,6 +42,11 @@ def test_mypy_finds_no_error(tmp_path):
 
 def test_the_public_api_is_checked_strictly():
     assert PUBLIC_API <= strict_modules()
+
+
+def test_every_core_module_is_checked_strictly():
+    """A module added to txraft/core must join the strict section of mypy.ini."""
+    assert sorted(core_modules() - strict_modules()) == []
 
 
 def test_the_strict_check_bites(tmp_path):
