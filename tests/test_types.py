@@ -1,6 +1,6 @@
 """
 Type information: mypy runs clean over the package with ``mypy.ini`` (the
-public API and the core's value modules as strictly as ``--strict``), and
+public API, the member API and all of txraft/core as strictly as ``--strict``), and
 ``py.typed`` ships so that applications' type checkers use it.
 """
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STRICT_FLAGS = {"disallow_untyped_defs", "disallow_incomplete_defs", "disallow_untyped_calls",
                 "check_untyped_defs", "disallow_any_generics", "warn_return_any", "disallow_subclassing_any"}
 PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "txraft.client",
-              "txraft.interfaces"}
+              "txraft.interfaces", "txraft.member"}
 
 
 def core_modules():
