@@ -10,7 +10,7 @@ leader takes commands again.  Part of :class:`~txraft.core.raft.RaftCore`.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
