@@ -28,7 +28,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 # into libraries, and txraft modules, that the reference does not document.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(twisted|zope|enum|typing|collections|io|prometheus_client)\..*"),
+    (r"py:.*", r"(twisted|zope|enum|typing|collections|io|random|prometheus_client)\..*"),
     (r"py:.*", r"txraft\.(storage|transport|metrics|http|http_client|kv|certs|core)\..*"),
     (r"py:.*", r"'?(Tuple|Dict|List|Optional)\[.*"),
     # Instance attributes described with :ivar: fields are not link targets.
@@ -75,6 +75,22 @@ class ZopeInterfaces(SphinxDirective):
         return self.parse_text_to_nodes("\n".join(lines))
 
 
+def _name_interfaces(*modules):
+    """
+    Signatures name zope Interfaces, which autodoc prints by their repr
+    (``<InterfaceClass ...>``) for want of a ``__qualname__``: give each
+    Interface of ``modules`` one, so that signatures show
+    ``txraft.interfaces.IStorage`` and link to it.
+    """
+    from zope.interface.interface import InterfaceClass
+
+    for name in modules:
+        for iface in vars(importlib.import_module(name)).values():
+            if isinstance(iface, InterfaceClass):
+                iface.__qualname__ = iface.__name__
+
+
 def setup(app):
+    _name_interfaces("txraft.interfaces", "twisted.internet.interfaces")
     app.add_directive("zope-interfaces", ZopeInterfaces)
     return {"parallel_read_safe": True}

@@ -1,6 +1,6 @@
 """
 Type information: mypy runs clean over the package with ``mypy.ini`` (the
-public API and the core's value modules as strictly as ``--strict``), and
+public API, the member API and all of txraft/core as strictly as ``--strict``), and
 ``py.typed`` ships so that applications' type checkers use it.
 """
 
@@ -13,17 +13,30 @@ ROOT = Path(__file__).resolve().parent.parent
 STRICT_FLAGS = {"disallow_untyped_defs", "disallow_incomplete_defs", "disallow_untyped_calls",
                 "check_untyped_defs", "disallow_any_generics", "warn_return_any", "disallow_subclassing_any"}
 PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "txraft.client",
-              "txraft.interfaces"}
+              "txraft.interfaces", "txraft.member", "txraft.kv", "txraft.testing.cluster"}
 
 
-def strict_modules():
+def core_modules():
+    """Every module of txraft/core, the package included."""
+    return {"txraft.core"} | {f"txraft.core.{path.stem}" for path in (ROOT / "txraft" / "core").glob("*.py")
+                              if path.stem != "__init__"}
+
+
+def strict_modules(path=ROOT / "mypy.ini"):
+    """
+    The modules mypy checks with every strict flag.  As in mypy, a later
+    section naming a module replaces, not extends, what an earlier one set
+    for it: a ``[mypy-txraft.x]`` section below the strict list takes
+    txraft.x out of it.
+    """
     config = configparser.ConfigParser()
-    config.read(ROOT / "mypy.ini")
-    strict = set()
+    config.read(path)
+    flags = {}
     for section in config.sections():
-        if section.startswith("mypy-") and STRICT_FLAGS <= {k for k, v in config[section].items() if v == "True"}:
-            strict.update(name.strip() for name in section[len("mypy-"):].split(","))
-    return strict
+        if section.startswith("mypy-"):
+            for name in section[len("mypy-"):].split(","):
+                flags[name.strip()] = {k for k, v in config[section].items() if v == "True"}
+    return {name for name, chosen in flags.items() if STRICT_FLAGS <= chosen}
 
 
 def test_mypy_finds_no_error(tmp_path):
@@ -36,6 +49,17 @@ def test_mypy_finds_no_error(tmp_path):
 
 def test_the_public_api_is_checked_strictly():
     assert PUBLIC_API <= strict_modules()
+
+
+def test_every_core_module_is_checked_strictly():
+    """A module added to txraft/core must join the strict section of mypy.ini."""
+    assert sorted(core_modules() - strict_modules()) == []
+
+
+def test_a_later_section_for_a_module_takes_it_out_of_the_strict_list(tmp_path):
+    (tmp_path / "mypy.ini").write_text("[mypy-txraft.a,txraft.b]\n" + "".join(f"{flag} = True\n" for flag in STRICT_FLAGS)
+                                       + "[mypy-txraft.b]\ndisable_error_code = assignment\n")
+    assert strict_modules(tmp_path / "mypy.ini") == {"txraft.a"}
 
 
 def test_the_strict_check_bites(tmp_path):

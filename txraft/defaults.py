@@ -11,8 +11,15 @@ tests that pass their own.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Optional
 
-def default_storage(config, reactor):
+if TYPE_CHECKING:
+    from txraft.config import RaftConfig
+    from txraft.interfaces import IStorage, ITransport
+    from txraft.transport.tls import TLSCredentials
+
+
+def default_storage(config: RaftConfig, reactor: Any) -> IStorage:
     """
     :param config: a :class:`txraft.RaftConfig`.
     :param reactor: provides ``IReactorTime``; the disk store's fsync worker
@@ -30,7 +37,7 @@ def default_storage(config, reactor):
     return DiskStorage(config.log_dir, fsync=config.fsync, reactor=reactor)
 
 
-def default_transport(config, reactor, credentials=None):
+def default_transport(config: RaftConfig, reactor: Any, credentials: Optional[TLSCredentials] = None) -> ITransport:
     """
     :param config: a :class:`txraft.RaftConfig` (listen address, TLS files).
     :param reactor: the reactor to listen and connect with.

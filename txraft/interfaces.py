@@ -140,8 +140,8 @@ class IRaftObserver(Interface):
 class ISnapshotWriter(Interface):
     """A snapshot being written.  Nothing of it is visible until :meth:`commit`."""
 
-    meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
-    fileobj = Attribute("A binary file open for writing.")
+    meta: SnapshotMeta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
+    fileobj: BinaryIO = Attribute("A binary file open for writing.")
 
     def commit() -> Deferred[Any]:
         """
@@ -160,8 +160,8 @@ class ISnapshotWriter(Interface):
 class ISnapshotSource(Interface):
     """The current snapshot, open for reading."""
 
-    meta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
-    size = Attribute("Length of the snapshot in bytes.")
+    meta: SnapshotMeta = Attribute(":class:`txraft.messages.SnapshotMeta` of the snapshot.")
+    size: int = Attribute("Length of the snapshot in bytes.")
 
     def read(offset: int, length: int) -> bytes:
         """:returns: up to ``length`` bytes from ``offset`` (``b""`` past the end)."""
@@ -189,9 +189,9 @@ class IStorage(Interface):
     none); ``first_index <= last_index + 1``.
     """
 
-    hard_state = Attribute("The latest :class:`txraft.messages.HardState` written.")
-    first_index = Attribute("Index of the first entry still stored.")
-    last_index = Attribute("Index of the last entry stored (the snapshot's index if the log is empty).")
+    hard_state: HardState = Attribute("The latest :class:`txraft.messages.HardState` written.")
+    first_index: int = Attribute("Index of the first entry still stored.")
+    last_index: int = Attribute("Index of the last entry stored (the snapshot's index if the log is empty).")
 
     def open() -> Deferred[Any]:
         """
@@ -239,10 +239,10 @@ class IStorage(Interface):
     def durable() -> Deferred[Any]:
         """:returns: a Deferred that fires when every write issued so far is durable."""
 
-    def snapshot_writer(meta: SnapshotMeta) -> Any:
+    def snapshot_writer(meta: SnapshotMeta) -> ISnapshotWriter:
         """:returns: an :class:`ISnapshotWriter` for a new snapshot covering ``meta``."""
 
-    def open_snapshot() -> Any:
+    def open_snapshot() -> Optional[ISnapshotSource]:
         """:returns: an :class:`ISnapshotSource` for the latest snapshot, or ``None``."""
 
     def close() -> Deferred[Any]:

@@ -27,12 +27,15 @@ extra for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, List, Optional, Protocol, Tuple
 
 import msgpack
 from twisted.internet import defer
 
 from txraft.client import RaftClient
+
+if TYPE_CHECKING:
+    from txraft.member import Raft
 
 #: Longest key, in bytes of UTF-8.
 MAX_KEY_BYTES = 1024
@@ -75,7 +78,7 @@ class WriteResult:
     current: Optional[bytes] = None
 
 
-def check_key(key):
+def check_key(key: str) -> str:
     """
     :returns: ``key`` unchanged.
     :raises TypeError: when ``key`` is not a ``str``.
@@ -95,23 +98,25 @@ def check_key(key):
     return key
 
 
-def _check_value(value, what="value"):
+def _check_value(value: bytes, what: str = "value") -> bytes:
     if not isinstance(value, bytes):
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
     return value
 
 
-def encode_put(key, value):
+def encode_put(key: str, value: bytes) -> bytes:
     """:returns: the command (bytes) that sets ``key`` to ``value``."""
-    return msgpack.packb([OP_PUT, check_key(key), _check_value(value)], use_bin_type=True)
+    command: bytes = msgpack.packb([OP_PUT, check_key(key), _check_value(value)], use_bin_type=True)
+    return command
 
 
-def encode_delete(key):
+def encode_delete(key: str) -> bytes:
     """:returns: the command (bytes) that removes ``key``."""
-    return msgpack.packb([OP_DELETE, check_key(key)], use_bin_type=True)
+    command: bytes = msgpack.packb([OP_DELETE, check_key(key)], use_bin_type=True)
+    return command
 
 
-def encode_cas(key, expect, value):
+def encode_cas(key: str, expect: Optional[bytes], value: bytes) -> bytes:
     """
     :param expect: the value ``key`` must hold for the swap to happen, or
         ``None`` meaning "``key`` must be absent".
@@ -120,10 +125,11 @@ def encode_cas(key, expect, value):
     """
     if expect is not None:
         _check_value(expect, "expect")
-    return msgpack.packb([OP_CAS, check_key(key), expect, _check_value(value)], use_bin_type=True)
+    command: bytes = msgpack.packb([OP_CAS, check_key(key), expect, _check_value(value)], use_bin_type=True)
+    return command
 
 
-def decode_command(command):
+def decode_command(command: bytes) -> Tuple[Any, ...]:
     """
     :returns: the tuple ``(op, key, *arguments)`` encoded in ``command``.
     :raises InvalidCommand: naming what is wrong with it.
@@ -165,30 +171,30 @@ class KeyValueStore(RaftClient):
         snapshot restored), 0 at first.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         # Invariant: every key passes check_key and every value is bytes.
-        self._data = {}
+        self._data: Dict[str, bytes] = {}
         self.applied_index = 0
 
     # -- reads -----------------------------------------------------------------
 
-    def get(self, key):
+    def get(self, key: str) -> Optional[bytes]:
         """:returns: this member's value of ``key``, or ``None`` when absent."""
         return self._data.get(key)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._data)
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self._data
 
-    def items(self):
+    def items(self) -> List[Tuple[str, bytes]]:
         """:returns: a list of ``(key, value)`` pairs, sorted by key."""
         return sorted(self._data.items())
 
     # -- RaftClient ----------------------------------------------------------------
 
-    def apply(self, command, index):
+    def apply(self, command: bytes, index: int) -> WriteResult:
         """
         Apply a command made by :func:`encode_put`, :func:`encode_delete` or
         :func:`encode_cas`.
@@ -211,7 +217,7 @@ class KeyValueStore(RaftClient):
         self._data[key] = value
         return WriteResult(index, True, value)
 
-    def save_snapshot(self, fileobj):
+    def save_snapshot(self, fileobj: BinaryIO) -> None:
         """
         Write the whole state as one msgpack map.  The state is captured
         (serialized) before this returns, as the contract of
@@ -221,7 +227,7 @@ class KeyValueStore(RaftClient):
         fileobj.write(msgpack.packb({"version": SNAPSHOT_VERSION, "applied": self.applied_index,
                                      "data": self._data}, use_bin_type=True))
 
-    def restore_snapshot(self, index, fileobj):
+    def restore_snapshot(self, index: int, fileobj: BinaryIO) -> None:
         """
         Replace the whole state with the snapshot in ``fileobj``.
 
@@ -229,6 +235,7 @@ class KeyValueStore(RaftClient):
             the state is then unchanged.
         """
         raw = fileobj.read()
+        data: Any
         if not raw:
             data = {}
         else:
@@ -246,6 +253,12 @@ class KeyValueStore(RaftClient):
         self.applied_index = index
 
 
+class _TimedAppends(Protocol):
+    """What :class:`KeyValueClient` asks of its ``metrics`` (a :class:`txraft.metrics.MemberMetrics`)."""
+
+    def timed_append(self, command: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]: ...
+
+
 class KeyValueClient:
     """
     The asynchronous API of a :class:`KeyValueStore` on one member: writes go
@@ -260,7 +273,8 @@ class KeyValueClient:
         member's ``request_timeout``).
     """
 
-    def __init__(self, raft, store, metrics=None, timeout=None):
+    def __init__(self, raft: Raft, store: KeyValueStore, metrics: Optional[_TimedAppends] = None,
+                 timeout: Optional[float] = None) -> None:
         if not isinstance(store, KeyValueStore):
             raise TypeError(f"store must be a KeyValueStore, not {type(store).__name__}")
         self.raft = raft
@@ -268,7 +282,7 @@ class KeyValueClient:
         self.metrics = metrics
         self.timeout = timeout
 
-    def append(self, command, timeout=None):
+    def append(self, command: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         Replicate an already encoded command (from :func:`encode_put`,
         :func:`encode_delete` or :func:`encode_cas`).
@@ -281,7 +295,7 @@ class KeyValueClient:
             return self.metrics.timed_append(command, timeout)
         return self.raft.append(command, timeout)
 
-    def put(self, key, value, timeout=None):
+    def put(self, key: str, value: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         Set ``key`` to ``value``.
 
@@ -292,11 +306,12 @@ class KeyValueClient:
         """
         return self.append(encode_put(key, value), timeout)
 
-    def delete(self, key, timeout=None):
+    def delete(self, key: str, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """Remove ``key``.  :returns: a Deferred firing with a :class:`WriteResult`."""
         return self.append(encode_delete(key), timeout)
 
-    def cas(self, key, expect, value, timeout=None):
+    def cas(self, key: str, expect: Optional[bytes], value: bytes,
+            timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         Set ``key`` to ``value`` if it holds ``expect`` (``None``: if absent).
 
@@ -305,7 +320,8 @@ class KeyValueClient:
         """
         return self.append(encode_cas(key, expect, value), timeout)
 
-    def get(self, key, stale=False, timeout=None):
+    def get(self, key: str, stale: bool = False,
+            timeout: Optional[float] = None) -> defer.Deferred[Optional[bytes]]:
         """
         Read ``key``.
 

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Generator, Iterable, List, NoReturn, Optional, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txraft import defaults, errors
 from txraft import messages as m
-from txraft.config import parse_host_port
+from txraft.config import RaftConfig, parse_host_port
 from txraft.core.membership import Configuration
 from txraft.core.observers import RaftObserver
 from txraft.core.raft import RaftCore
 from txraft.core.waiters import Waiters
-from txraft.interfaces import IRPCHandler
+from txraft.interfaces import IRaftClient, IRPCHandler, IStorage, ITransport
 from txraft.messages import Role, Status
 from txraft.proposals import Proposals
 
@@ -69,20 +71,20 @@ class Membership:
 class _ConfigurationFollower(RaftObserver):
     """Tells the transport of each new configuration (its ACL follows the members)."""
 
-    def __init__(self, follow):
+    def __init__(self, follow: Callable[[Configuration], object]) -> None:
         self.follow = follow
 
-    def configuration_changed(self, configuration):
+    def configuration_changed(self, configuration: Configuration) -> None:
         self.follow(configuration)
 
 
 class _AppliedWaiters(RaftObserver):
     """Deferreds waiting for this member to apply up to an index (for reads)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.waiting = Waiters()
 
-    def applied_through(self, index):
+    def applied_through(self, index: int) -> None:
         self.waiting.release_through(index, index)
 
 
@@ -95,10 +97,10 @@ class _LeaderLog(RaftObserver):
 
     log = Logger()
 
-    def __init__(self, member):
+    def __init__(self, member: str) -> None:
         self.member = member
 
-    def leader_changed(self, leader, term):
+    def leader_changed(self, leader: str, term: int) -> None:
         if leader and leader != self.member:
             self.log.info("{member} follows {leader}, leader of term {term}",
                           member=self.member, leader=leader, term=term)
@@ -127,9 +129,12 @@ class Raft:
 
     log = Logger()
 
-    def __init__(self, config, client, reactor=None, transport=None, storage=None, rng=None):
+    def __init__(self, config: RaftConfig, client: IRaftClient, reactor: Optional[IReactorTime] = None,
+                 transport: Optional[ITransport] = None, storage: Optional[IStorage] = None,
+                 rng: Optional[random.Random] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        assert reactor is not None  # mypy does not count the import as narrowing it
         self.config = config
         self.client = client
         self.reactor = reactor
@@ -139,19 +144,20 @@ class Raft:
         self._names = dict(config.peer_names or {})
         self._joining = bool(config.join)
         self._contacts = tuple(config.join)
-        self._join_call = None
+        self._join_call: Optional[IDelayedCall] = None
         self._transport = transport
         self._storage = storage
-        self.core = None
+        self.core: Optional[RaftCore] = None
         self._state = "new"
         self._session = "%032x" % self.rng.getrandbits(128)
-        self._proposals = None  # the pending appends, once the core exists
+        self._proposals: Optional[Proposals] = None  # the pending appends, once the core exists
         self._applied_waiters = _AppliedWaiters()
         self.reads = {"ok": 0, "no_quorum": 0, "timeout": 0, "stopped": 0}
 
     # -- membership and lifecycle -----------------------------------------
 
-    def add_member(self, member_id, name=None, voter=True):
+    def add_member(self, member_id: str, name: Optional[str] = None,
+                   voter: bool = True) -> Optional[defer.Deferred[Configuration]]:
         """
         Add a member (``"host:port"``) to the cluster.
 
@@ -185,7 +191,7 @@ class Raft:
             return None
         return self._change("add", member_id, name or "", bool(voter))
 
-    def join(self, contacts=None):
+    def join(self, contacts: Optional[Iterable[str]] = None) -> None:
         """
         Before :meth:`start`: start with no configuration of its own and wait
         to be added to a running cluster (a log that already holds a
@@ -204,7 +210,7 @@ class Raft:
             self._contacts = contacts
         self._joining = True
 
-    def remove_member(self, member_id):
+    def remove_member(self, member_id: str) -> defer.Deferred[Configuration]:
         """
         Remove ``member_id`` from the cluster (after :meth:`start`).  A leader
         that removes itself hands over and steps down once the change commits.
@@ -216,7 +222,7 @@ class Raft:
         """
         return self._change("remove", member_id)
 
-    def promote(self, member_id):
+    def promote(self, member_id: str) -> defer.Deferred[Configuration]:
         """
         Make the learner ``member_id`` a voter.
 
@@ -226,7 +232,8 @@ class Raft:
         """
         return self._change("promote", member_id)
 
-    def _change(self, action, member_id, name="", voter=True):
+    def _change(self, action: str, member_id: str, name: str = "",
+                voter: bool = True) -> defer.Deferred[Configuration]:
         if not isinstance(member_id, str) or not member_id:
             raise TypeError(f"member id must be a non-empty str, got {member_id!r}")
         if self._state != "running":
@@ -235,7 +242,8 @@ class Raft:
         d.addTimeout(self.config.request_timeout, self.reactor, self._change_timed_out)
         return d
 
-    async def _change_when_ready(self, action, member_id, name, voter):
+    async def _change_when_ready(self, action: str, member_id: str, name: str, voter: bool) -> Configuration:
+        assert self.core is not None
         while True:
             try:
                 placed = await self.core.change_members(action, member_id, name, voter)
@@ -252,11 +260,11 @@ class Raft:
         return await self.core.wait_for_change(*placed)
 
     @staticmethod
-    def _change_timed_out(result, timeout):
+    def _change_timed_out(result: object, timeout: float) -> NoReturn:
         raise errors.Timeout(f"the membership change did not complete within {timeout} seconds; "
                              "it may still take effect")
 
-    def transfer_leadership(self, to=None):
+    def transfer_leadership(self, to: Optional[str] = None) -> defer.Deferred[str]:
         """
         Hand leadership over to the voter ``to``, or to the most up-to-date
         voter (Raft dissertation section 3.10).  The leader accepts no new
@@ -274,7 +282,8 @@ class Raft:
             return defer.fail(errors.Stopped(f"member {self.id} is not running"))
         return self._transfer(to)
 
-    def _transfer(self, to):
+    def _transfer(self, to: Optional[str]) -> defer.Deferred[str]:
+        assert self.core is not None
         deadline = self.reactor.seconds() + 2 * self.config.election_base + self.config.rpc_timeout
         before = self.core.leader
         d = self.core.transfer_leadership(to)
@@ -283,7 +292,9 @@ class Raft:
         return d.addCallback(self._await_new_leader, before, deadline)
 
     @defer.inlineCallbacks
-    def _await_new_leader(self, target, previous, deadline):
+    def _await_new_leader(self, target: str, previous: str,
+                          deadline: float) -> Generator[defer.Deferred[Any], Any, str]:
+        assert self.core is not None
         while self._state in ("running", "stopping") and self.core.role is not Role.STOPPED:
             leader = self.core.leader
             if leader and (leader == target or leader != previous):
@@ -294,13 +305,13 @@ class Raft:
         raise errors.Stopped(f"member {self.id} stopped")
 
     @property
-    def members(self):
+    def members(self) -> Tuple[str, ...]:
         """Ids of every member of the configuration in effect (sorted)."""
         if self.core is not None:
             return self.core.members
         return tuple(sorted(self._members))
 
-    def membership(self):
+    def membership(self) -> Membership:
         """
         :returns: a :class:`~txraft.member.Membership`: the leader this member knows of, each
             member's id, certificate name and role, and, on the leader, how
@@ -312,7 +323,7 @@ class Raft:
         core = self.core
         configuration = core.configuration
         leading = core.role is Role.LEADER
-        listed = []
+        listed: List[MemberStatus] = []
         for member in configuration.members + (configuration.old or ()):
             if any(x.id == member.id for x in listed):
                 continue
@@ -327,7 +338,7 @@ class Raft:
         return Membership(core.leader, tuple(listed), change)
 
     @defer.inlineCallbacks
-    def start(self):
+    def start(self) -> Generator[defer.Deferred[Any], Any, None]:
         """
         Open storage, restore the application from its latest snapshot, start
         listening and start the election timer.
@@ -366,8 +377,9 @@ class Raft:
         if self._joining and self._contacts and self.id not in self.core.members:
             self._ask_to_join(0)
 
-    def _ask_to_join(self, attempt):
+    def _ask_to_join(self, attempt: int) -> None:
         """Ask the contacts in turn to add this member, until one has (``--join``)."""
+        assert self.core is not None and self._transport is not None
         self._join_call = None
         if self._state != "running" or self.id in self.core.members:
             return
@@ -376,7 +388,7 @@ class Raft:
         d = self._transport.send(contact, request)
         d.addTimeout(self.config.rpc_timeout, self.reactor)
 
-        def refused(failure):
+        def refused(failure: Failure) -> None:
             if failure.check(errors.MembershipError) and "already a member" in failure.getErrorMessage():
                 return
             self.log.info("{member}: asking {contact} to add it failed: {error}", member=self.id,
@@ -388,26 +400,27 @@ class Raft:
         d.addCallbacks(lambda reply: self.log.info("{member} added by the cluster at {index}",
                                                    member=self.id, index=reply.index), refused)
 
-    def _on_configuration(self, configuration):
+    def _on_configuration(self, configuration: Configuration) -> None:
+        assert self.core is not None and self._proposals is not None
         if self.core.removed():
             # Nothing more will be applied here: answer waiting appends now.
             self._proposals.fail_waiting(errors.MembershipError(f"{self.id} was removed from the cluster"))
 
-    def _adopt_address(self, address):
+    def _adopt_address(self, address: object) -> None:
         """With ``listen`` on port 0, the id becomes the address actually bound."""
         if not self.id.endswith(":0") or not isinstance(address, str) or address.endswith(":0"):
             return
         self._members = [address if member == self.id else member for member in self._members]
         self.id = address
 
-    def receive(self, message):
+    def receive(self, message: Any) -> defer.Deferred[Any]:
         """:class:`~txraft.interfaces.IRPCHandler`: hand a member RPC to the core."""
         if self.core is None:
             return defer.fail(errors.Stopped(f"member {self.id} is starting"))
         return self.core.receive(message)
 
     @defer.inlineCallbacks
-    def stop(self, transfer=False):
+    def stop(self, transfer: bool = False) -> Generator[defer.Deferred[Any], Any, None]:
         """
         Stop the member: fail waiting ``append()`` calls with
         :class:`~txraft.errors.Stopped`, close the transport and flush storage.
@@ -420,7 +433,7 @@ class Raft:
         if self._state in ("stopping", "stopped"):
             return
         previous, self._state = self._state, "stopping"
-        if transfer and previous == "running" and self.core.role is Role.LEADER \
+        if transfer and previous == "running" and self.core is not None and self.core.role is Role.LEADER \
                 and len(self.core.configuration.voters) > 1:
             # Hand over first, so that a rolling restart loses (almost) no writes.
             try:
@@ -435,7 +448,7 @@ class Raft:
             yield self._storage.close()
         self._state = "stopped"
 
-    def crash(self):
+    def crash(self) -> None:
         """
         Stop at once without flushing anything (for simulations): timers are
         cancelled and waiting ``append()`` calls fail; storage and transport
@@ -444,7 +457,7 @@ class Raft:
         self._state = "stopped"
         self._halt("crashed")
 
-    def _halt(self, how):
+    def _halt(self, how: str) -> None:
         """Stop the core and fail everything waiting on this member with Stopped."""
         if self._join_call is not None and self._join_call.active():
             self._join_call.cancel()
@@ -457,7 +470,7 @@ class Raft:
 
     # -- queries ---------------------------------------------------------------
 
-    def status(self):
+    def status(self) -> Status:
         """:returns: a :class:`~txraft.messages.Status`."""
         if self.core is None:
             return Status(self.id, Role.STOPPED if self._state == "stopped" else Role.FOLLOWER, "", 0, 0, 0, 0,
@@ -465,18 +478,18 @@ class Raft:
         return self.core.status()
 
     @property
-    def queued_appends(self):
+    def queued_appends(self) -> int:
         """``append()`` calls waiting in this member's admission queue (backpressure)."""
         return self._proposals.waiting if self._proposals is not None else 0
 
-    def start_election(self):
+    def start_election(self) -> None:
         """Force this member to stand for election now (the seed's StartElection)."""
         if self.core is None or self._state != "running":
             raise errors.Stopped(f"member {self.id} is not running")
         self.core.start_election()
 
     @defer.inlineCallbacks
-    def read_index(self, timeout=None):
+    def read_index(self, timeout: Optional[float] = None) -> Generator[defer.Deferred[Any], Any, int]:
         """
         Wait until this member has applied every command committed before the
         call (a linearizable read point, Raft dissertation section 6.4).
@@ -487,10 +500,11 @@ class Raft:
         if self._state != "running":
             self.reads["stopped"] += 1
             raise errors.Stopped(f"member {self.id} is not running")
+        assert self.core is not None
         deadline = self.reactor.seconds() + (timeout or self.config.request_timeout)
         while True:
             try:
-                index = yield self.core.read_index()
+                index: int = yield self.core.read_index()
                 break
             except (errors.NotLeader, errors.TransportError, defer.TimeoutError, defer.CancelledError):
                 if self.reactor.seconds() >= deadline or self._state != "running":
@@ -514,12 +528,12 @@ class Raft:
         self.reads["ok"] += 1
         return index
 
-    def _sleep(self, seconds):
+    def _sleep(self, seconds: float) -> defer.Deferred[None]:
         return deferLater(self.reactor, seconds, lambda: None)
 
     # -- append ----------------------------------------------------------------
 
-    def append(self, command, timeout=None):
+    def append(self, command: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         Replicate ``command`` and wait until this member has applied it.
 
@@ -541,4 +555,5 @@ class Raft:
             raise TypeError(f"append() takes bytes, not {type(command).__name__}")
         if self._state != "running":
             return defer.fail(errors.Stopped(f"member {self.id} is not running"))
+        assert self._proposals is not None
         return self._proposals.append(command, timeout)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,6 +37,12 @@ from txraft import errors
 from txraft import messages as m
 from txraft.core.observers import RaftObserver
 from txraft.core.raft import DUPLICATE
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from txraft.config import RaftConfig
+    from txraft.core.raft import RaftCore
 
 
 _QUEUE_FULL = "the admission queue of this member is full (config.max_queued_appends); retry later"
@@ -82,35 +89,35 @@ class Proposals(RaftObserver):
 
     log = Logger()
 
-    def __init__(self, core, clock, config, session):
+    def __init__(self, core: RaftCore, clock: IReactorTime, config: RaftConfig, session: str) -> None:
         self.core = core
         self.clock = clock
         self.config = config
         self.session = session
         self._running = True
         self._next_seq = 1
-        self._pending = {}  # seq -> _Pending
+        self._pending: Dict[int, _Pending] = {}  # seq -> _Pending
         # Sequence numbers in the order handed out; finished ones are trimmed
         # from the front when the lowest pending one is asked for.  (A dict
         # emptied from the front makes next(iter(d)) walk every removed slot:
         # 4 us a call with 4,096 appends in flight.)
-        self._order = deque()
-        self._placed = {}  # index -> seq, for pending commands the leader has placed
+        self._order: Deque[int] = deque()
+        self._placed: Dict[int, int] = {}  # index -> seq, for pending commands the leader has placed
         # (deadline, seq) of pending appends, a min-heap; entries of appends
         # already finished are dropped lazily.  One timer serves them all, so
         # an append costs no DelayedCall of its own.
-        self._deadlines = []
+        self._deadlines: List[Tuple[float, int]] = []
         self._expiry_call = None
         # Work per reactor turn is bounded (config.turn_budget): appends
         # beyond it fail with Busy, and retries wait in a queue for later turns.
         self._turn_start = None
         self._turn_call = None
-        self._resubmit = deque()
+        self._resubmit: Deque[_Pending] = deque()
         self._drain_call = None
-        self._waiting = deque()  # the admission queue: appends not submitted yet
+        self._waiting: Deque[_Pending] = deque()  # the admission queue: appends not submitted yet
         self._admit_call = None
 
-    def append(self, command, timeout=None):
+    def append(self, command: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         Replicate ``command`` and wait until it is applied on this member.
 
@@ -123,7 +130,7 @@ class Proposals(RaftObserver):
             self.core.busy_refusals += 1
             return defer.fail(errors.Busy(_QUEUE_FULL, retry_after=self.config.heartbeat))
         seq, self._next_seq = self._next_seq, self._next_seq + 1
-        d = defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
         pending = self._pending[seq] = _Pending(command, seq, d)
         self._order.append(seq)
         limit = self.config.request_timeout if timeout is None else timeout
@@ -142,7 +149,7 @@ class Proposals(RaftObserver):
         return d
 
     @property
-    def waiting(self):
+    def waiting(self) -> int:
         """Appends waiting in the admission queue (not yet submitted)."""
         return len(self._waiting)
 
@@ -226,7 +233,7 @@ class Proposals(RaftObserver):
         if self._running:
             self._arm_expiry()
 
-    def stop(self, error):
+    def stop(self, error: BaseException) -> None:
         """Fail every waiting append with ``error``; submit nothing more."""
         self._running = False
         for call in (self._expiry_call, self._turn_call, self._drain_call, self._admit_call):
@@ -240,7 +247,7 @@ class Proposals(RaftObserver):
         for pending in list(self._pending.values()):
             self._finish(pending, error)
 
-    def fail_waiting(self, error):
+    def fail_waiting(self, error: BaseException) -> None:
         """Fail every waiting append with ``error`` (this member was removed); later ones are submitted."""
         for pending in list(self._pending.values()):
             self._finish(pending, error)

@@ -11,23 +11,39 @@ sending snapshots to followers is :mod:`txraft.core.snapshot_transfer`'s.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from txraft import messages as m
+from txraft.core.membership import Configuration
+from txraft.core.sessions import SessionTable
+from txraft.core.shared import CoreState
 from txraft.core.snapshot_header import read_header, write_header
+from txraft.interfaces import ISnapshotSource, ISnapshotWriter
 from txraft.messages import Role
 
 
-class Compaction:
+class Compaction(CoreState):
     """The snapshot half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
-    def _maybe_snapshot(self):
+    # RaftCore sets these first; declared again (for mypy only) because this
+    # mixin assigns them, which would otherwise make mypy infer them anew.
+    _snapshotting: bool
+    _snapshot_index: int
+    commit_index: int
+    applied_index: int
+    sessions: SessionTable
+
+    def _maybe_snapshot(self) -> None:
         if self._snapshotting or self.role is Role.STOPPED:
             return
         if self.applied_index - self._snapshot_index < self._snapshot_threshold:
             return
-        meta = m.SnapshotMeta(self.applied_index, self.storage.term_at(self.applied_index))
+        term = self.storage.term_at(self.applied_index)
+        assert term is not None, "an applied entry is in the log or the snapshot"
+        meta = m.SnapshotMeta(self.applied_index, term)
         writer = self.storage.snapshot_writer(meta)
         self._snapshotting = True
         try:
@@ -39,7 +55,7 @@ class Compaction:
         d.addCallback(self._commit_snapshot, writer)
         d.addErrback(self._snapshot_failed, writer)
 
-    def _commit_snapshot(self, _, writer):
+    def _commit_snapshot(self, _: object, writer: ISnapshotWriter) -> Optional[defer.Deferred[None]]:
         if self.role is Role.STOPPED or self._snapshot_index >= writer.meta.index:
             # Stopped, or a newer snapshot came from the leader meanwhile.
             writer.abort()
@@ -49,19 +65,19 @@ class Compaction:
         self._snapshot_index = writer.meta.index
         self._fold_configurations(writer.meta.index)
 
-        def committed(_):
+        def committed(_: object) -> None:
             self._snapshotting = False
             self.log.info("{member} snapshot at {index}", member=self.id, index=writer.meta.index)
             self.observers.snapshot_taken(writer.meta)
 
         return d.addCallback(committed)
 
-    def _snapshot_failed(self, failure, writer):
+    def _snapshot_failed(self, failure: Failure, writer: ISnapshotWriter) -> None:
         self._snapshotting = False
         writer.abort()
         self.log.failure("{member}: snapshot discarded", failure, member=self.id)
 
-    def _restore_from(self, source):
+    def _restore_from(self, source: ISnapshotSource) -> Configuration:
         """
         Replace the application's state with ``source`` (an ISnapshotSource).
 

@@ -12,12 +12,19 @@ removed member never campaigns.  Part of :class:`~txraft.core.raft.RaftCore`.
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+
 from txraft import errors
 from txraft import messages as m
 from txraft.core.roles import Candidate, PreVote
+from txraft.core.shared import CoreState
+from txraft.interfaces import IStorage
 
 
-def candidate_is_up_to_date(request, storage):
+def candidate_is_up_to_date(request: m.RequestVote, storage: IStorage) -> bool:
     """
     The election restriction (Raft paper section 5.4.1): a candidate's log is
     at least as up-to-date as ours when its last term is later, or the same
@@ -30,27 +37,27 @@ def candidate_is_up_to_date(request, storage):
     return (request.last_log_term, request.last_log_index) >= (storage.term_at(last), last)
 
 
-class Election:
+class Election(CoreState):
     """The election half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
-    _election_call = None
-    _exhaustion_logged = None  # the term whose exhaustion was logged
-    _election_due = None  # clock time the election timer is due; None once it has fired
+    _election_call: Optional[IDelayedCall] = None
+    _exhaustion_logged: Optional[int] = None  # the term whose exhaustion was logged
+    _election_due: Optional[float] = None  # clock time the election timer is due; None once it has fired
 
     # -- the timer -------------------------------------------------------------
 
-    def _reset_election_timer(self):
+    def _reset_election_timer(self) -> None:
         self._cancel_election_timer()
         delay = self.config.election_base + self.rng.uniform(0, self.config.heartbeat)
         self._election_due = self.clock.seconds() + delay
         self._election_call = self.clock.callLater(delay, self._on_election_timeout)
 
-    def _cancel_election_timer(self):
+    def _cancel_election_timer(self) -> None:
         if self._election_call is not None and self._election_call.active():
             self._election_call.cancel()
         self._election_call = None
 
-    def _on_election_timeout(self):
+    def _on_election_timeout(self) -> None:
         self._election_call = None
         if not self.state.campaigns or not self.may_stand():
             return
@@ -64,7 +71,7 @@ class Election:
             return
         self._start_pre_vote()
 
-    def start_election(self):
+    def start_election(self) -> None:
         """
         Stand for election now, even if a leader is alive (the seed's
         StartElection): no pre-vote, and voters set aside leader stickiness.
@@ -79,9 +86,15 @@ class Election:
             raise errors.MembershipError(f"member {self.id} is not a voter; it cannot stand for election")
         self._become_candidate(disrupt=True)
 
+    def _last_log_term(self) -> int:
+        """The term of the last entry in the log (of the snapshot when there is none; 0 before any)."""
+        term = self.storage.term_at(self.storage.last_index)
+        assert term is not None, "storage knows the term of its last index"
+        return term
+
     # -- pre-vote (dissertation 9.6) ----------------------------------------------
 
-    def _term_exhausted(self):
+    def _term_exhausted(self) -> bool:
         """:returns: whether the next term would reach :data:`~txraft.messages.NUMBER_LIMIT` (logged once)."""
         if self.term + 1 < m.NUMBER_LIMIT:
             return False
@@ -92,7 +105,7 @@ class Election:
                        "(see docs/operations.md, 'A term out of range')", member=self.id, term=self.term)
         return True
 
-    def _start_pre_vote(self):
+    def _start_pre_vote(self) -> None:
         """
         Ask whether a majority would vote for us before raising the term.  A
         member that cannot win (cut off, or with a stale log) never raises its
@@ -102,16 +115,17 @@ class Election:
             return
         self._set_leader("")
         self._reset_election_timer()
+        assert self.state.campaigns, "a leader or a stopped member starts no pre-vote"
         round_ = self.state.pre_vote = PreVote(self.term + 1, self.id)
         if self.configuration.has_majority(round_.granted):
             self._become_candidate(disrupt=False)
             return
-        request = m.RequestVote(round_.term, self.id, self.storage.last_index,
-                                self.storage.term_at(self.storage.last_index), pre_vote=True)
+        request = m.RequestVote(round_.term, self.id, self.storage.last_index, self._last_log_term(),
+                                pre_vote=True)
         for peer in self._voting_peers():
             self._send(peer, request)
 
-    def _on_pre_vote_reply(self, peer, request, reply):
+    def _on_pre_vote_reply(self, peer: str, request: m.RequestVote, reply: m.RequestVoteReply) -> None:
         state = self.state
         if not state.campaigns or state.pre_vote is None or state.pre_vote.term != request.term:
             return
@@ -125,7 +139,7 @@ class Election:
 
     # -- votes (5.2) -----------------------------------------------------------------
 
-    def _become_candidate(self, disrupt):
+    def _become_candidate(self, disrupt: bool) -> None:
         if self._term_exhausted():
             return
         term = self.term + 1
@@ -135,12 +149,11 @@ class Election:
         self._set_leader("")
         self.log.debug("{member} campaigns in term {term}", member=self.id, term=term)
         self._reset_election_timer()
-        request = m.RequestVote(term, self.id, self.storage.last_index,
-                                self.storage.term_at(self.storage.last_index), disrupt)
+        request = m.RequestVote(term, self.id, self.storage.last_index, self._last_log_term(), disrupt)
         # The vote for ourselves must be durable before we ask for others'.
         self.storage.durable().addCallback(lambda _: self._ask_for_votes(candidate, request))
 
-    def _ask_for_votes(self, candidate, request):
+    def _ask_for_votes(self, candidate: Candidate, request: m.RequestVote) -> None:
         if self.state is not candidate:
             return
         if self.configuration.has_majority(candidate.votes):
@@ -149,7 +162,7 @@ class Election:
         for peer in self._voting_peers():
             self._send(peer, request)
 
-    def _on_vote_reply(self, peer, request, reply):
+    def _on_vote_reply(self, peer: str, request: m.RequestVote, reply: m.RequestVoteReply) -> None:
         if reply.term > self.term:
             self._become_follower(reply.term, "")
             return
@@ -160,7 +173,7 @@ class Election:
         if self.configuration.has_majority(candidate.votes):
             self._become_leader()
 
-    def _on_vote_reply_or_pre_vote(self, peer, request, reply):
+    def _on_vote_reply_or_pre_vote(self, peer: str, request: m.RequestVote, reply: m.RequestVoteReply) -> None:
         if request.pre_vote:
             self._on_pre_vote_reply(peer, request, reply)
         else:
@@ -168,10 +181,11 @@ class Election:
 
     # -- granting votes -----------------------------------------------------------------
 
-    def _heard_from_leader_recently(self):
+    def _heard_from_leader_recently(self) -> bool:
         return self.state.heard_from_leader_within(self.clock.seconds(), self.config.election_base)
 
-    def _handle_request_vote(self, req):
+    def _handle_request_vote(
+            self, req: m.RequestVote) -> Union[m.RequestVoteReply, defer.Deferred[m.RequestVoteReply]]:
         self._check_sender(req.candidate, "candidate")
         # Votes are granted whatever this member's own configuration says:
         # a member promoted by an entry it has not received yet must still be

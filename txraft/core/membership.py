@@ -23,7 +23,7 @@ count towards a majority::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 import msgpack
 
@@ -69,9 +69,9 @@ class Configuration:
     old: Optional[Tuple[Member, ...]] = None
 
     @classmethod
-    def of(cls, members, old=None):
+    def of(cls, members: Iterable[Member], old: Optional[Iterable[Member]] = None) -> "Configuration":
         """Build a configuration from iterables of :class:`Member`, sorted."""
-        def ordered(group):
+        def ordered(group: Iterable[Member]) -> Tuple[Member, ...]:
             return tuple(sorted(group, key=lambda member: member.id))
         return cls(ordered(members), None if old is None else ordered(old))
 
@@ -82,31 +82,31 @@ class Configuration:
         return cls.of(Member(i, names.get(i, "")) for i in set(ids))
 
     @property
-    def joint(self):
+    def joint(self) -> bool:
         """Whether a change is half done (old and new sets both decide)."""
         return self.old is not None
 
-    def _groups(self):
+    def _groups(self) -> Tuple[Tuple[Member, ...], ...]:
         return (self.members,) if self.old is None else (self.members, self.old)
 
     @property
-    def ids(self):
+    def ids(self) -> Tuple[str, ...]:
         """Every member id of either set, sorted."""
         return tuple(sorted({m.id for group in self._groups() for m in group}))
 
-    def voting_sets(self):
+    def voting_sets(self) -> List[FrozenSet[str]]:
         """:returns: the voter ids of each set that must agree (one, or two while joint)."""
         return [frozenset(m.id for m in group if m.voter) for group in self._groups()]
 
     @property
-    def voters(self):
+    def voters(self) -> FrozenSet[str]:
         """Ids that vote in either set."""
         return frozenset().union(*self.voting_sets())
 
-    def is_voter(self, member_id):
+    def is_voter(self, member_id: str) -> bool:
         return member_id in self.voters
 
-    def member(self, member_id):
+    def member(self, member_id: str) -> Optional[Member]:
         """:returns: the :class:`Member` with ``member_id`` (the incoming one first), or ``None``."""
         for group in self._groups():
             for m in group:
@@ -114,11 +114,11 @@ class Configuration:
                     return m
         return None
 
-    def names(self):
+    def names(self) -> FrozenSet[str]:
         """Certificate names recorded for the members (``""`` left out)."""
         return frozenset(m.name for group in self._groups() for m in group if m.name)
 
-    def has_majority(self, ids):
+    def has_majority(self, ids: Iterable[str]) -> bool:
         """:returns: whether ``ids`` hold a majority of the voters of every set."""
         ids = set(ids)
         for voters in self.voting_sets():
@@ -126,7 +126,7 @@ class Configuration:
                 return False
         return True
 
-    def quorum_index(self, values):
+    def quorum_index(self, values: Mapping[str, int]) -> int:
         """
         :param values: member id -> a number (a match index, a heartbeat round).
         :returns: the highest number a majority of every voting set has
@@ -140,7 +140,7 @@ class Configuration:
             best = reached if best is None else min(best, reached)
         return best or 0
 
-    def leave_joint(self):
+    def leave_joint(self) -> "Configuration":
         """:returns: the configuration that ends this joint one (the incoming set alone)."""
         return Configuration(self.members)
 
@@ -151,7 +151,7 @@ class Configuration:
         :returns: the msgpack-ready form: ``{"members": [[id, name, voter,
             promote], ...], "old": [...] or None}``.
         """
-        def dump(group):
+        def dump(group: Tuple[Member, ...]) -> List[List[Any]]:
             return [[m.id, m.name, m.voter, m.promote] for m in group]
         return {"members": dump(self.members), "old": None if self.old is None else dump(self.old)}
 
@@ -166,10 +166,11 @@ class Configuration:
 
     def encode(self) -> bytes:
         """:returns: the bytes stored as a CONFIG entry's data."""
-        return msgpack.packb(self.to_wire(), use_bin_type=True)
+        data: bytes = msgpack.packb(self.to_wire(), use_bin_type=True)  # msgpack has no type hints
+        return data
 
     @classmethod
-    def decode(cls, data: bytes):
+    def decode(cls, data: bytes) -> "Configuration":
         """Inverse of :meth:`encode`. :raises ValueError: naming what is malformed."""
         if len(data) > MAX_MEMBERS * 2 * (2 * MAX_TEXT + 16):
             raise ValueError(f"configuration of {len(data)} bytes is too large")
@@ -179,14 +180,14 @@ class Configuration:
             raise ValueError(f"configuration is not a valid msgpack value: {e}") from None
         return cls.from_wire(raw)
 
-    def describe(self):
+    def describe(self) -> str:
         """A short text for logs: ``a:1 b:1 (learner c:1)``, with ``old -> new`` while joint."""
-        def text(group):
+        def text(group: Tuple[Member, ...]) -> str:
             return " ".join(m.id if m.voter else f"learner:{m.id}" for m in group) or "(none)"
         return text(self.members) if self.old is None else f"{text(self.old)} -> {text(self.members)}"
 
 
-def _load_group(raw, what):
+def _load_group(raw: Any, what: str) -> List[Member]:
     if type(raw) is not list or len(raw) > MAX_MEMBERS:
         raise ValueError(f"{what} must be a list of at most {MAX_MEMBERS} members")
     members, seen = [], set()

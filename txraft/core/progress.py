@@ -1,5 +1,13 @@
 """What a leader knows about each follower (Raft paper Figure 2, "Volatile state on leaders")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from txraft.interfaces import ISnapshotSource
+    from txraft.messages import InstallSnapshot
+
 
 class Progress:
     """
@@ -25,10 +33,10 @@ class Progress:
         self.inflight = 0
         self.probing = True
         #: ISnapshotSource being sent, or None.
-        self.snapshot = None
+        self.snapshot: Optional[ISnapshotSource] = None
         self.snapshot_offset = 0
         #: The InstallSnapshot chunk awaiting its reply (one at a time), or None.
-        self.snapshot_request = None
+        self.snapshot_request: Optional[InstallSnapshot] = None
         #: Clock time of the last reply in the current term (check-quorum).
         self.last_reply = now
         #: Highest heartbeat round this follower answered (ReadIndex).

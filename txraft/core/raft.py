@@ -51,8 +51,11 @@ towards a commit quorum only for entries it has made durable.
 from __future__ import annotations
 
 import dataclasses
+import random
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, NoReturn, Optional, Type, TypeVar, Union
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,6 +63,7 @@ from zope.interface import implementer
 
 from txraft import errors
 from txraft import messages as m
+from txraft.config import RaftConfig
 from txraft.core.compaction import Compaction
 from txraft.core.election import Election
 from txraft.core.membership import Configuration
@@ -70,18 +74,24 @@ from txraft.core.reconfiguration import Reconfiguration
 from txraft.core.replication import Replication
 from txraft.core.roles import Follower, Leader, Stopped
 from txraft.core.sessions import SessionTable
+from txraft.core.shared import ProtocolReply, ProtocolRequest, RoleState, TermRole
 from txraft.core.snapshot_transfer import SnapshotTransfer
 from txraft.core.transfer import LeadershipTransfer
-from txraft.interfaces import IRPCHandler
+from txraft.interfaces import IRaftClient, IRaftObserver, IRPCHandler, IStorage, ITransport
 from txraft.messages import Role, Status
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = ["DUPLICATE", "RaftCore", "Role", "Status"]
+
+_T = TypeVar("_T")
 
 #: Marks the outcome of an entry the session table recognised as a duplicate.
 DUPLICATE = object()
 
 
-def _check_numbers(message):
+def _check_numbers(message: DataclassInstance) -> None:
     """
     Terms, indexes and offsets lie in ``0 .. NUMBER_LIMIT - 1``, whatever
     transport brought them (the AMP codec checks the same on the wire), so no
@@ -106,12 +116,12 @@ def _check_numbers(message):
 MAX_TERM_STEP = 2**32
 
 
-def _check_term_step(term, current):
+def _check_term_step(term: int, current: int) -> None:
     if term > current + MAX_TERM_STEP:
         raise errors.InvalidRequest(f"term {term} is more than 2**32 above this member's term {current}")
 
 
-def _check_number(value, what):
+def _check_number(value: int, what: str) -> None:
     if value < 0:
         raise errors.InvalidRequest(f"{what} must not be negative, got {value}")
     if value >= m.NUMBER_LIMIT:
@@ -145,7 +155,9 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
 
     log = Logger()
 
-    def __init__(self, member_id, members, storage, transport, client, clock, rng, config):
+    def __init__(self, member_id: str, members: Union[Iterable[str], Configuration], storage: IStorage,
+                 transport: ITransport, client: IRaftClient, clock: IReactorTime, rng: random.Random,
+                 config: RaftConfig) -> None:
         self.id = member_id
         if not isinstance(members, Configuration):
             members = Configuration.bootstrap(set(members) | {member_id}, getattr(config, "peer_names", None))
@@ -157,7 +169,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self.rng = rng
         self.config = config
 
-        self.state = Follower()
+        self.state: RoleState = Follower()
         self.leader = ""
         # Invariant: applied_index <= commit_index <= storage.last_index
         # (a follower learns commit only up to entries it has matched).
@@ -179,42 +191,42 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
     # -- state -------------------------------------------------------------
 
     @property
-    def term(self):
+    def term(self) -> int:
         """The current term (durable hard state)."""
         return self.storage.hard_state.term
 
     @property
-    def voted_for(self):
+    def voted_for(self) -> str:
         """Whom this member voted for in :attr:`term` (durable hard state), or ``""``."""
         return self.storage.hard_state.voted_for
 
     @property
-    def role(self):
+    def role(self) -> Role:
         """The current :class:`~txraft.messages.Role`."""
         return self.state.role
 
     @property
-    def snapshot_index(self):
+    def snapshot_index(self) -> int:
         """Index of the latest snapshot in storage (0: none)."""
         return self._snapshot_index
 
-    def term_at(self, index):
+    def term_at(self, index: int) -> Optional[int]:
         """:returns: the term of the entry at ``index`` in this member's log, or ``None``."""
         return self.storage.term_at(index)
 
-    def was_applied(self, request_id):
+    def was_applied(self, request_id: m.RequestId) -> bool:
         """:returns: whether the command with ``request_id`` has been applied (session table)."""
         return self.sessions.applied(request_id)
 
-    def add_observer(self, observer):
+    def add_observer(self, observer: IRaftObserver) -> None:
         """Notify ``observer`` (an :class:`~txraft.interfaces.IRaftObserver`) of what happens."""
         self.observers.add(observer)
 
-    def remove_observer(self, observer):
+    def remove_observer(self, observer: IRaftObserver) -> None:
         """Stop notifying ``observer``."""
         self.observers.remove(observer)
 
-    def status(self):
+    def status(self) -> Status:
         """:returns: a :class:`~txraft.messages.Status`."""
         return Status(
             id=self.id, role=self.role, leader=self.leader, term=self.term,
@@ -224,7 +236,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
 
     # -- lifecycle -------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         """Restore the application from the latest snapshot and start the election timer."""
         index, configuration = self._base_configuration
         source = self.storage.open_snapshot()
@@ -236,7 +248,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self._load_configurations(index, configuration)
         self._become_follower(self.term, "")
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop every timer; the member answers nothing afterwards."""
         if self.role is Role.STOPPED:
             return
@@ -248,7 +260,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self._drop_incoming()
         self._fail_change_waiters(errors.Stopped(f"member {self.id} stopped"))
 
-    def _fail(self, reason):
+    def _fail(self, reason: str) -> NoReturn:
         """A safety invariant broke: stop loudly rather than keep voting."""
         self.log.critical("{member} stopping: {reason}", member=self.id, reason=reason)
         self.stop()
@@ -256,23 +268,23 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
 
     # -- roles -----------------------------------------------------------
 
-    def _enter(self, state, error=None):
+    def _enter(self, state: RoleState, error: Optional[BaseException] = None) -> None:
         """Make ``state`` the current role object; the previous role releases what it held."""
         previous, self.state = self.state, state
         previous.leave(error if error is not None else errors.NotLeader(""))
 
-    def _role_of_term(self, kind, term):
+    def _role_of_term(self, kind: Type[TermRole], term: int) -> Optional[TermRole]:
         """:returns: the current role object if it is a ``kind`` of ``term``, else ``None``."""
         state = self.state
         return state if isinstance(state, kind) and state.term == term else None
 
-    def _set_leader(self, leader):
+    def _set_leader(self, leader: str) -> None:
         if leader == self.leader:
             return
         self.leader = leader
         self.observers.leader_changed(leader, self.term)
 
-    def _become_follower(self, term, leader):
+    def _become_follower(self, term: int, leader: str) -> None:
         """Step down (or stay) as follower of ``term``; persists the term if it is new."""
         if term > self.term:
             self.storage.save_hard_state(m.HardState(term, ""))
@@ -288,7 +300,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         # every higher term would let a candidate whose log is too stale to
         # win keep everyone else from standing, forever.
 
-    def _become_leader(self):
+    def _become_leader(self) -> None:
         self._cancel_election_timer()
         now = self.clock.seconds()
         last = self.storage.last_index
@@ -303,7 +315,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         leader.heartbeat.clock = self.clock
         leader.heartbeat.start(self.config.heartbeat, now=True)
 
-    def _adopt_newer_term(self, reply):
+    def _adopt_newer_term(self, reply: ProtocolReply) -> bool:
         """A reply from a later term makes us its follower. :returns: whether it did."""
         if reply.term > self.term:
             self._become_follower(reply.term, "")
@@ -312,24 +324,24 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
 
     # -- sending and replies -------------------------------------------------------------
 
-    def _call(self, peer, request):
+    def _call(self, peer: str, request: object) -> defer.Deferred[Any]:
         d = self.transport.send(peer, request)
         d.addTimeout(self.config.rpc_timeout, self.clock)
         return d
 
-    def _send(self, peer, request):
+    def _send(self, peer: str, request: ProtocolRequest) -> None:
         """Send a protocol request; its reply or failure comes back through :meth:`receive_reply`."""
         self._call(peer, request).addCallbacks(
             self._deliver_reply, self._deliver_failure,
             callbackArgs=(peer, request), errbackArgs=(peer, request))
 
-    def _deliver_reply(self, reply, peer, request):
+    def _deliver_reply(self, reply: ProtocolReply, peer: str, request: ProtocolRequest) -> None:
         self.receive_reply(peer, request, reply)
 
-    def _deliver_failure(self, failure, peer, request):
+    def _deliver_failure(self, failure: Failure, peer: str, request: ProtocolRequest) -> None:
         self.request_failed(peer, request, failure)
 
-    def receive_reply(self, peer, request, reply):
+    def receive_reply(self, peer: str, request: ProtocolRequest, reply: ProtocolReply) -> None:
         """
         Handle ``peer``'s ``reply`` to ``request`` (a RequestVote,
         AppendEntries or InstallSnapshot this member sent, or one a test plays).
@@ -352,7 +364,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
             return
         handler(self, peer, request, reply)
 
-    def request_failed(self, peer, request, failure):
+    def request_failed(self, peer: str, request: ProtocolRequest, failure: Union[Failure, BaseException]) -> None:
         """
         ``request`` to ``peer`` failed (lost, timed out, refused): forget what
         the leader assumed about it, so it is sent again.
@@ -365,20 +377,20 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         if handler is not None and self.role is not Role.STOPPED:
             handler(self, peer, request, failure)
 
-    _reply_handlers = {
+    _reply_handlers: Dict[type, Callable[[RaftCore, str, Any, Any], None]] = {
         m.RequestVote: Election._on_vote_reply_or_pre_vote,
         m.AppendEntries: Replication._on_append_reply,
         m.InstallSnapshot: SnapshotTransfer._on_snapshot_reply,
         m.TimeoutNow: LeadershipTransfer._on_timeout_now_reply,
     }
-    _failure_handlers = {
+    _failure_handlers: Dict[type, Callable[[RaftCore, str, Any, Union[Failure, BaseException]], None]] = {
         m.AppendEntries: Replication._on_append_failure,
         m.InstallSnapshot: SnapshotTransfer._on_snapshot_failure,
     }
 
     # -- incoming requests ---------------------------------------------------------
 
-    def receive(self, message):
+    def receive(self, message: Any) -> defer.Deferred[Any]:
         """Handle a request from another member; see :class:`~txraft.interfaces.IRPCHandler`."""
         if self.role is Role.STOPPED:
             return defer.fail(errors.Stopped(f"member {self.id} is stopped"))
@@ -392,27 +404,27 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         except Exception:
             return defer.fail(Failure())
 
-    def _reply_when_durable(self, reply):
+    def _reply_when_durable(self, reply: _T) -> defer.Deferred[_T]:
         return self.storage.durable().addCallback(lambda _: reply)
 
-    def _check_sender(self, sender, what):
+    def _check_sender(self, sender: str, what: str) -> None:
         # Not checked against the configuration: a member must follow a
         # leader (and may vote for a candidate) its log does not yet list,
         # as a member being added does (Raft dissertation section 4.1).
         if not sender or sender == self.id:
             raise errors.InvalidRequest(f"{what} {sender!r} is not another member of this cluster")
 
-    def _handle_forward_append(self, req):
+    def _handle_forward_append(self, req: m.ForwardAppend) -> m.ForwardAppendReply:
         term, index = self._place(req.command, req.request_id)
         return m.ForwardAppendReply(term, index)
 
-    def _handle_get_members(self, req):
+    def _handle_get_members(self, req: m.GetMembers) -> m.GetMembersReply:
         return m.GetMembersReply(self.members)
 
-    def _handle_get_leader(self, req):
+    def _handle_get_leader(self, req: m.GetLeader) -> m.GetLeaderReply:
         return m.GetLeaderReply(self.leader)
 
-    _handlers = {
+    _handlers: Dict[type, Callable[[RaftCore, Any], Any]] = {
         m.RequestVote: Election._handle_request_vote,
         m.AppendEntries: Replication._handle_append_entries,
         m.InstallSnapshot: SnapshotTransfer._handle_install_snapshot,
@@ -427,15 +439,15 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
 
     # -- commit and apply ----------------------------------------------------
 
-    def _advance_commit(self, index):
+    def _advance_commit(self, index: int) -> None:
         if index <= self.commit_index:
             return
         self.commit_index = index
         self._apply_committed()
 
-    _apply_call = None  # the next turn's share of applying, when one turn was not enough
+    _apply_call: Optional[IDelayedCall] = None  # the next turn's share of applying, when one turn was not enough
 
-    def _apply_committed(self):
+    def _apply_committed(self) -> None:
         """
         Apply committed entries for at most ``config.turn_budget`` seconds,
         then leave the rest to the next reactor turn, so that heartbeats and
@@ -458,12 +470,12 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self.observers.applied_through(self.applied_index)
         self._maybe_snapshot()
 
-    def _apply_more(self):
+    def _apply_more(self) -> None:
         self._apply_call = None
         if self.role is not Role.STOPPED:
             self._apply_committed()
 
-    def _apply(self, entry):
+    def _apply(self, entry: m.Entry) -> None:
         self.applied_index = entry.index
         if entry.kind != m.EntryKind.COMMAND:
             return

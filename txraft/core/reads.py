@@ -15,12 +15,13 @@ from twisted.internet import defer
 from txraft import errors
 from txraft import messages as m
 from txraft.core.roles import Leader
+from txraft.core.shared import CoreState
 
 
-class Reads:
+class Reads(CoreState):
     """The ReadIndex half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
-    def read_index(self):
+    def read_index(self) -> defer.Deferred[int]:
         """
         Learn a commit index that includes every write acknowledged before the
         call, from this member if it leads, otherwise from the leader it knows.
@@ -34,7 +35,7 @@ class Reads:
             return self._read_index_locally()
         return self._call(self.leader, m.ReadIndex()).addCallback(lambda reply: reply.index)
 
-    def _read_index_locally(self):
+    def _read_index_locally(self) -> defer.Deferred[int]:
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             return defer.fail(errors.NotLeader(self.leader))
@@ -44,10 +45,10 @@ class Reads:
             leader.read_call = self.clock.callLater(0, self._confirm_leadership, leader)
         return leader.reads.wait(leader.round)
 
-    def _handle_read_index(self, req):
+    def _handle_read_index(self, req: m.ReadIndex) -> defer.Deferred[m.ReadIndexReply]:
         return self._read_index_locally().addCallback(m.ReadIndexReply)
 
-    def _confirm_leadership(self, leader):
+    def _confirm_leadership(self, leader: Leader) -> None:
         leader.read_call = None
         if self.state is not leader:
             return
@@ -55,7 +56,7 @@ class Reads:
             self._send_append(leader, peer, heartbeat=True)
         self._check_reads(leader)
 
-    def _check_reads(self, leader):
+    def _check_reads(self, leader: Leader) -> None:
         if not leader.reads or self.state is not leader:
             return
         # The leader must have committed an entry of its term first, so that

@@ -25,6 +25,8 @@ Part of :class:`~txraft.core.raft.RaftCore`; the values are
 
 from __future__ import annotations
 
+from typing import Iterable, List, Sequence, Set, Tuple
+
 from twisted.internet import defer
 
 from txraft import errors
@@ -32,35 +34,36 @@ from txraft import messages as m
 from txraft.core.membership import Configuration, Member
 from txraft.core.progress import Progress
 from txraft.core.roles import Leader
+from txraft.core.shared import CoreState
 
 
-class Reconfiguration:
+class Reconfiguration(CoreState):
     """The membership half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
-    def _init_configurations(self, bootstrap):
+    def _init_configurations(self, bootstrap: Configuration) -> None:
         #: ``(index, Configuration)`` in effect at the snapshot (or the bootstrap at 0).
-        self._base_configuration = (0, bootstrap)
+        self._base_configuration: Tuple[int, Configuration] = (0, bootstrap)
         #: ``[(index, Configuration)]`` of CONFIG entries in the log after it, in order.
-        self._configurations = []
+        self._configurations: List[Tuple[int, Configuration]] = []
         #: ``[(term, index, Deferred)]`` waiting for a change to complete.
-        self._change_waiters = []
+        self._change_waiters: List[Tuple[int, int, defer.Deferred[Configuration]]] = []
         #: Indexes of configuration entries this leader appended on its own
         #: (promoting a learner, and leaving that joint configuration).
-        self._automatic = set()
+        self._automatic: Set[int] = set()
 
     # -- the configuration in effect ----------------------------------------------
 
     @property
-    def configuration(self):
+    def configuration(self) -> Configuration:
         """The :class:`~txraft.core.membership.Configuration` in effect: the latest in the log."""
         return (self._configurations[-1] if self._configurations else self._base_configuration)[1]
 
     @property
-    def configuration_index(self):
+    def configuration_index(self) -> int:
         """Index of the entry that holds :attr:`configuration` (0: the bootstrap one)."""
         return (self._configurations[-1] if self._configurations else self._base_configuration)[0]
 
-    def configuration_at(self, index):
+    def configuration_at(self, index: int) -> Configuration:
         """:returns: the configuration in effect after the entry at ``index``."""
         found = self._base_configuration[1]
         for at, configuration in self._configurations:
@@ -70,23 +73,23 @@ class Reconfiguration:
         return found
 
     @property
-    def members(self):
+    def members(self) -> Tuple[str, ...]:
         """Ids of every member of the configuration (learners and a joint one's old members too)."""
         return self.configuration.ids
 
     @property
-    def peers(self):
+    def peers(self) -> Tuple[str, ...]:
         """:attr:`members` other than this one: whom a leader replicates to."""
         return tuple(i for i in self.configuration.ids if i != self.id)
 
-    def removed(self):
+    def removed(self) -> bool:
         """:returns: whether this member's configuration no longer lists it (an empty one: not yet added)."""
         return bool(self.configuration.members) and self.id not in self.configuration.ids
 
-    def _voting_peers(self):
+    def _voting_peers(self) -> List[str]:
         return sorted(i for i in self.configuration.voters if i != self.id)
 
-    def may_stand(self):
+    def may_stand(self) -> bool:
         """
         :returns: whether this member may stand for election: it votes in
             the configuration in effect or, while that one is not known to be
@@ -102,13 +105,13 @@ class Reconfiguration:
         return (self.configuration_index > self.commit_index
                 and self.configuration_at(self.configuration_index - 1).is_voter(self.id))
 
-    def change_in_flight(self):
+    def change_in_flight(self) -> bool:
         """:returns: whether a configuration is uncommitted, or joint (a change is half done)."""
         return self.configuration.joint or self.configuration_index > self.commit_index
 
     # -- following the log -------------------------------------------------------------
 
-    def _load_configurations(self, index, configuration):
+    def _load_configurations(self, index: int, configuration: Configuration) -> None:
         """Take ``configuration`` as in effect at ``index`` (a snapshot) and read the rest from the log."""
         self._base_configuration = (index, configuration)
         self._configurations = []
@@ -120,7 +123,7 @@ class Reconfiguration:
             low = batch[-1].index + 1
         self._configuration_changed()
 
-    def _note_configurations(self, entries):
+    def _note_configurations(self, entries: Iterable[m.Entry]) -> None:
         for entry in entries:
             if entry.kind == m.EntryKind.CONFIG:
                 try:
@@ -129,7 +132,7 @@ class Reconfiguration:
                     self._fail(f"configuration entry {entry.index} is malformed: {e}")
                 self._configurations.append((entry.index, configuration))
 
-    def _log_appended(self, entries):
+    def _log_appended(self, entries: Sequence[m.Entry]) -> None:
         """``entries`` were written to the log, replacing any from their first index on."""
         if not entries:
             return
@@ -141,14 +144,14 @@ class Reconfiguration:
         if self.configuration != before:
             self._configuration_changed()
 
-    def _fold_configurations(self, index):
+    def _fold_configurations(self, index: int) -> None:
         """The log up to ``index`` is compacted: configurations before it live in the snapshot."""
         base = self._base_configuration
         while self._configurations and self._configurations[0][0] <= index:
             base = self._configurations.pop(0)
         self._base_configuration = base
 
-    def _configuration_changed(self):
+    def _configuration_changed(self) -> None:
         configuration = self.configuration
         self.log.info("{member} configuration at {index}: {members}", member=self.id,
                       index=self.configuration_index, members=configuration.describe())
@@ -157,7 +160,7 @@ class Reconfiguration:
             self._sync_progress(leader)
         self.observers.configuration_changed(configuration)
 
-    def _replication_targets(self):
+    def _replication_targets(self) -> Set[str]:
         """
         Whom a leader sends the log to: the members of the configuration and,
         until it commits, those of the one before, so that a member being
@@ -170,7 +173,7 @@ class Reconfiguration:
         targets.discard(self.id)
         return targets
 
-    def _sync_progress(self, leader):
+    def _sync_progress(self, leader: Leader) -> None:
         now = self.clock.seconds()
         targets = self._replication_targets()
         for peer in list(leader.progress):
@@ -179,7 +182,7 @@ class Reconfiguration:
         for peer in sorted(targets - set(leader.progress)):
             leader.progress[peer] = Progress(peer, self.storage.last_index + 1, now)
 
-    def _validate_configuration_entries(self, entries):
+    def _validate_configuration_entries(self, entries: Sequence[m.Entry]) -> None:
         for entry in entries:
             if entry.kind == m.EntryKind.CONFIG:
                 try:
@@ -189,7 +192,8 @@ class Reconfiguration:
 
     # -- proposing changes (on the leader) -------------------------------------------------
 
-    def change_members(self, action, member_id, name="", voter=True):
+    def change_members(self, action: str, member_id: str, name: str = "",
+                       voter: bool = True) -> defer.Deferred[Tuple[int, int]]:
         """
         Ask for one membership change: here if this member leads, otherwise
         through the leader it knows (a ChangeMembers request).
@@ -206,13 +210,13 @@ class Reconfiguration:
         d = self._call(self.leader, m.ChangeMembers(action, member_id, name, voter))
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
-    def _handle_change_members(self, req):
+    def _handle_change_members(self, req: m.ChangeMembers) -> defer.Deferred[m.ChangeMembersReply]:
         # A member that does not lead passes it on (a new member's --join may
         # name any member).
         d = self.change_members(req.action, req.member, req.name, req.voter)
         return d.addCallback(lambda placed: m.ChangeMembersReply(*placed))
 
-    def _change_here(self, action, member_id, name, voter):
+    def _change_here(self, action: str, member_id: str, name: str, voter: bool) -> Tuple[int, int]:
         self._check_can_change()
         members = {member.id: member for member in self.configuration.members}
         current = members.get(member_id)
@@ -238,7 +242,7 @@ class Reconfiguration:
             raise errors.InvalidRequest(f"unknown membership action {action!r}")
         return self.propose_members(members.values())
 
-    def _check_can_change(self):
+    def _check_can_change(self) -> Leader:
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
@@ -258,7 +262,7 @@ class Reconfiguration:
                 f"a membership change is in progress ({self.configuration.describe()})")
         return leader
 
-    def propose_members(self, members, automatic=False):
+    def propose_members(self, members: Iterable[Member], automatic: bool = False) -> Tuple[int, int]:
         """
         Propose ``members`` (an iterable of :class:`Member`) as the cluster's
         configuration, through a joint configuration when the voters change.
@@ -283,26 +287,26 @@ class Reconfiguration:
             self._automatic.add(placed[1])
         return placed
 
-    def _append_configuration(self, leader, configuration):
+    def _append_configuration(self, leader: Leader, configuration: Configuration) -> Tuple[int, int]:
         entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.CONFIG, configuration.encode())
         self._append_own(leader, [entry])
         return entry.term, entry.index
 
     # -- waiting for a change -----------------------------------------------------------------
 
-    def wait_for_change(self, term, index):
+    def wait_for_change(self, term: int, index: int) -> defer.Deferred[Configuration]:
         """
         :returns: a Deferred firing once the change started by the entry
             ``(term, index)`` is committed and, if joint, left; failing with
             :class:`~txraft.errors.MembershipError` when that entry was lost
             to a change of leader.
         """
-        d = defer.Deferred()
+        d: defer.Deferred[Configuration] = defer.Deferred()
         self._change_waiters.append((term, index, d))
         self._release_change_waiters()
         return d
 
-    def _release_change_waiters(self):
+    def _release_change_waiters(self) -> None:
         if not self._change_waiters:
             return
         committed_index = max(i for i, _ in [self._base_configuration] + self._configurations
@@ -323,7 +327,7 @@ class Reconfiguration:
                 waiting.append((term, index, d))
         self._change_waiters = waiting
 
-    def _fail_change_waiters(self, error):
+    def _fail_change_waiters(self, error: BaseException) -> None:
         waiters, self._change_waiters = self._change_waiters, []
         for _, _, d in waiters:
             if not d.called:
@@ -331,7 +335,7 @@ class Reconfiguration:
 
     # -- the leader after a commit ---------------------------------------------------------------
 
-    def _reconfigure_after_commit(self, leader):
+    def _reconfigure_after_commit(self, leader: Leader) -> None:
         """Finish what a commit makes possible: leave a joint configuration, step down, promote."""
         if self.state is not leader or self.configuration_index > self.commit_index:
             return
@@ -350,11 +354,11 @@ class Reconfiguration:
         else:
             self._maybe_promote(leader)
 
-    def _caught_up(self, member_id):
+    def _caught_up(self, member_id: str) -> bool:
         progress = self.progress_of(member_id)
         return progress is not None and progress.snapshot is None and progress.match_index >= self.commit_index
 
-    def _maybe_promote(self, leader):
+    def _maybe_promote(self, leader: Leader) -> None:
         if self.change_in_flight() or leader.transfer is not None \
                 or self.storage.term_at(self.commit_index) != self.term:
             return

@@ -12,15 +12,29 @@ dissertation's check-quorum (section 6.2).  Part of
 
 from __future__ import annotations
 
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union, overload
+
 from twisted.internet import defer
 
 from txraft import errors
 from txraft import messages as m
 from txraft.core import quorum
+from txraft.core.membership import Configuration
+from txraft.core.progress import Progress
 from txraft.core.roles import Follower, Leader
+from txraft.core.shared import CoreState
+from txraft.interfaces import IStorage
 
 
-def committable(matches, term, storage, configuration=None):
+@overload
+def committable(matches: Iterable[int], term: int, storage: IStorage, configuration: None = None) -> int: ...
+
+
+@overload
+def committable(matches: Mapping[str, int], term: int, storage: IStorage, configuration: Configuration) -> int: ...
+
+
+def committable(matches: Any, term: int, storage: IStorage, configuration: Optional[Configuration] = None) -> int:
     """
     The commit rule of Raft paper section 5.4.2 (Figure 8): the highest index
     stored on a majority is committed only if its entry is of the leader's
@@ -42,13 +56,13 @@ def committable(matches, term, storage, configuration=None):
     return candidate if candidate and storage.term_at(candidate) == term else 0
 
 
-class Replication:
+class Replication(CoreState):
     """The replication half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
     #: Commands refused with :class:`~txraft.errors.Busy` by this member as leader.
     busy_refusals = 0
 
-    def progress_of(self, peer):
+    def progress_of(self, peer: str) -> Optional[Progress]:
         """
         :returns: what this member, as leader, knows of ``peer``'s log (a
             :class:`~txraft.core.progress.Progress`, to read only), or ``None``
@@ -59,7 +73,7 @@ class Replication:
 
     # -- leader: appending -------------------------------------------------------
 
-    def propose(self, command, request_id):
+    def propose(self, command: bytes, request_id: Optional[m.RequestId]) -> defer.Deferred[Tuple[int, int]]:
         """
         Append a client command to the log: here if this member leads,
         otherwise through the leader it knows (a ForwardAppend request).
@@ -90,22 +104,24 @@ class Replication:
             return defer.fail(errors.NotLeader(self.leader))
         if self.removed():
             return defer.fail(errors.MembershipError(f"{self.id} was removed from the cluster"))
-        d = self._call(self.leader, m.ForwardAppend(command, request_id))
+        # A None request id comes only from tests over the memory transport:
+        # the member API always gives one, and the AMP codec refuses None.
+        d = self._call(self.leader, m.ForwardAppend(command, request_id))  # type: ignore[arg-type]
         return d.addCallback(lambda reply: (reply.term, reply.index))
 
-    def _check_command(self, command):
+    def _check_command(self, command: bytes) -> None:
         limit = self.config.max_command_bytes
         if len(command) > limit:
             raise errors.CommandTooLarge(f"command of {len(command)} bytes is above the limit of {limit}")
 
-    def uncommitted(self):
+    def uncommitted(self) -> Tuple[int, int]:
         """:returns: ``(entries, bytes)`` of commands this leader placed and has not committed; ``(0, 0)`` off lead."""
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             return 0, 0
         return len(leader.uncommitted), leader.uncommitted_bytes
 
-    def refusal(self, size):
+    def refusal(self, size: int) -> Optional[errors.Busy]:
         """
         Backpressure (etcd's ``MaxUncommittedEntriesSize``): whether this
         leader must refuse a command of ``size`` bytes now, because it already
@@ -134,14 +150,14 @@ class Replication:
                                retry_after=config.heartbeat)
         return None
 
-    def check_admission(self, size):
+    def check_admission(self, size: int) -> None:
         """:raises Busy: when :meth:`refusal` says so (and counts the refusal)."""
         busy = self.refusal(size)
         if busy is not None:
             self.busy_refusals += 1
             raise busy
 
-    def _place(self, command, request_id):
+    def _place(self, command: bytes, request_id: Optional[m.RequestId]) -> Tuple[int, int]:
         """
         Append a command to the leader's log, the one place where every
         command enters it (``append()`` here, a follower's ForwardAppend).
@@ -167,17 +183,17 @@ class Replication:
         self._append_own(leader, [entry])
         return entry.term, entry.index
 
-    def _append_own(self, leader, entries):
+    def _append_own(self, leader: Leader, entries: Sequence[m.Entry]) -> None:
         self.storage.append(entries).addCallback(self._on_own_durable, leader, entries[-1].index)
         self._log_appended(entries)
         self._schedule_broadcast(leader)
 
-    def _on_own_durable(self, _, leader, index):
+    def _on_own_durable(self, _: object, leader: Leader, index: int) -> None:
         if self.state is leader and index > leader.own_durable:
             leader.own_durable = index
             self._maybe_commit(leader)
 
-    def _maybe_commit(self, leader):
+    def _maybe_commit(self, leader: Leader) -> None:
         matches = {peer: p.match_index for peer, p in leader.progress.items()}
         matches[self.id] = leader.own_durable
         index = committable(matches, leader.term, self.storage, self.configuration)
@@ -190,7 +206,7 @@ class Replication:
 
     # -- leader: sending ----------------------------------------------------------------
 
-    def _schedule_broadcast(self, leader, commit=False):
+    def _schedule_broadcast(self, leader: Leader, commit: bool = False) -> None:
         """
         Send what followers lack at the end of this reactor turn, so that
         everything proposed in one turn travels in one batch.  With
@@ -201,7 +217,7 @@ class Replication:
         if leader.broadcast_call is None or not leader.broadcast_call.active():
             leader.broadcast_call = self.clock.callLater(0, self._broadcast, leader)
 
-    def _broadcast(self, leader):
+    def _broadcast(self, leader: Leader) -> None:
         leader.broadcast_call = None
         leader.turn_start = None
         commit, leader.commit_news = leader.commit_news, False
@@ -211,7 +227,7 @@ class Replication:
             if not self._replicate(leader, peer) and commit:
                 self._send_append(leader, peer, heartbeat=True)
 
-    def _on_heartbeat(self, leader):
+    def _on_heartbeat(self, leader: Leader) -> None:
         if self.state is not leader:
             return
         now = self.clock.seconds()
@@ -229,7 +245,7 @@ class Replication:
             if not self._replicate(leader, peer):
                 self._send_append(leader, peer, heartbeat=True)
 
-    def _replicate(self, leader, peer):
+    def _replicate(self, leader: Leader, peer: str) -> bool:
         """Send what ``peer`` lacks, within the in-flight limit. :returns: whether anything was sent."""
         progress = leader.progress.get(peer)
         if progress is None:
@@ -249,7 +265,7 @@ class Replication:
                 break
         return sent
 
-    def _send_append(self, leader, peer, heartbeat=False):
+    def _send_append(self, leader: Leader, peer: str, heartbeat: bool = False) -> bool:
         """Send one AppendEntries to ``peer``. :returns: whether a request went out."""
         progress = leader.progress[peer]
         storage = self.storage
@@ -260,7 +276,7 @@ class Replication:
                 return False
             self._start_snapshot(leader, progress)
             return True
-        entries = ()
+        entries: Tuple[m.Entry, ...] = ()
         if not heartbeat and progress.next_index <= storage.last_index:
             high = min(storage.last_index + 1, progress.next_index + m.MAX_ENTRIES)
             entries = tuple(storage.entries(progress.next_index, high, self.config.max_batch_bytes))
@@ -277,7 +293,10 @@ class Replication:
 
     # -- leader: replies -------------------------------------------------------------------
 
-    def _progress_for_reply(self, peer, request, reply=None):
+    def _progress_for_reply(
+        self, peer: str, request: Union[m.AppendEntries, m.InstallSnapshot],
+        reply: Optional[Union[m.AppendEntriesReply, m.InstallSnapshotReply]] = None,
+    ) -> Tuple[Optional[Leader], Optional[Progress]]:
         """
         Find what a reply (or failure) to ``request`` is about; a ``reply`` of
         a later term makes us follow it, and one in time counts as contact
@@ -296,10 +315,11 @@ class Replication:
             progress.last_reply = self.clock.seconds()
         return leader, progress
 
-    def _on_append_failure(self, peer, request, failure):
+    def _on_append_failure(self, peer: str, request: m.AppendEntries, failure: object) -> None:
         leader, progress = self._progress_for_reply(peer, request)
         if leader is None:
             return
+        assert progress is not None
         leader.sent_rounds.pop(id(request), None)
         if not request.entries:
             return
@@ -308,10 +328,11 @@ class Replication:
         progress.probing = True
         progress.next_index = progress.match_index + 1
 
-    def _on_append_reply(self, peer, request, reply):
+    def _on_append_reply(self, peer: str, request: m.AppendEntries, reply: m.AppendEntriesReply) -> None:
         leader, progress = self._progress_for_reply(peer, request, reply)
         if leader is None:
             return
+        assert progress is not None
         sent = leader.sent_rounds.pop(id(request), None)
         if sent is not None and sent[0] is request:
             progress.acked_round = max(progress.acked_round, sent[1])
@@ -346,7 +367,8 @@ class Replication:
         self._check_reads(leader)
         self._replicate(leader, peer)
 
-    def _next_after_conflict(self, reply, request, progress):
+    def _next_after_conflict(self, reply: m.AppendEntriesReply, request: m.AppendEntries,
+                             progress: Progress) -> int:
         if reply.conflict_term:
             # Skip past our last entry of the follower's conflicting term, if any.
             index = min(request.prev_index, self.storage.last_index)
@@ -363,7 +385,7 @@ class Replication:
 
     # -- follower ----------------------------------------------------------------------------
 
-    def _accept_leader(self, term, leader):
+    def _accept_leader(self, term: int, leader: str) -> None:
         """A valid leader of ``term`` spoke: follow it (and adopt its term)."""
         state = self.state
         if term > self.term or not isinstance(state, Follower) or self.leader != leader:
@@ -374,7 +396,7 @@ class Replication:
             state.leader_contact = self.clock.seconds()
             self._reset_election_timer()
 
-    def _validate_append(self, req):
+    def _validate_append(self, req: m.AppendEntries) -> None:
         self._check_sender(req.leader, "leader")
         self._validate_configuration_entries(req.entries)
         expected = req.prev_index + 1
@@ -391,7 +413,8 @@ class Replication:
         if req.prev_index == 0 and req.prev_term != 0:
             raise errors.InvalidRequest("prev_term must be 0 when prev_index is 0")
 
-    def _handle_append_entries(self, req):
+    def _handle_append_entries(
+            self, req: m.AppendEntries) -> Union[m.AppendEntriesReply, defer.Deferred[m.AppendEntriesReply]]:
         self._validate_append(req)
         if req.term < self.term:
             return m.AppendEntriesReply(self.term, False)
@@ -412,6 +435,7 @@ class Replication:
         else:
             local = storage.term_at(prev_index)
             if local != req.prev_term:
+                assert local is not None, "storage knows the term of every index from its snapshot's to its last"
                 # Hint the first index of the conflicting term so the leader
                 # can skip it in one round trip.
                 first = prev_index

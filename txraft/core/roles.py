@@ -18,12 +18,18 @@ than spelled as ``if role == ...`` in the core.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Deque, Dict, Literal, Optional, Tuple
 
 from txraft import errors
 from txraft.core.progress import Progress
 from txraft.core.waiters import Waiters
-from txraft.messages import Role
+from txraft.messages import AppendEntries, Role
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+    from twisted.internet.task import LoopingCall
+
+    from txraft.core.transfer import Transfer
 
 
 class PreVote:
@@ -47,7 +53,7 @@ class _RoleState:
     #: The :class:`~txraft.messages.Role` this object stands for.
     role: Optional[Role] = None
     #: Whether an election timeout starts a (pre-)election in this role.
-    campaigns = False
+    campaigns: bool = False
     #: Clock time a valid leader was last heard from (followers only).
     leader_contact: Optional[float] = None
 
@@ -74,11 +80,11 @@ class Follower(_RoleState):
 
     __slots__ = ("leader_contact", "pre_vote")
     role = Role.FOLLOWER
-    campaigns = True
+    campaigns: Literal[True] = True
 
     def __init__(self, leader_contact: Optional[float] = None) -> None:
         self.leader_contact = leader_contact
-        self.pre_vote = None
+        self.pre_vote: Optional[PreVote] = None
 
     def heard_from_leader_within(self, now: float, window: float) -> bool:
         return self.leader_contact is not None and now - self.leader_contact < window
@@ -94,12 +100,12 @@ class Candidate(_RoleState):
 
     __slots__ = ("term", "votes", "pre_vote")
     role = Role.CANDIDATE
-    campaigns = True
+    campaigns: Literal[True] = True
 
     def __init__(self, term: int, me: str) -> None:
         self.term = term
         self.votes = {me}
-        self.pre_vote = None
+        self.pre_vote: Optional[PreVote] = None
 
 
 class Leader(_RoleState):
@@ -135,22 +141,23 @@ class Leader(_RoleState):
                  "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes",
                  "turn_start", "transfer")
     role = Role.LEADER
+    campaigns: Literal[False]
 
     def __init__(self, term: int, progress: Dict[str, Progress]) -> None:
         self.term = term
         self.progress = progress
         self.own_durable = 0
-        self.heartbeat = None
-        self.broadcast_call = None
+        self.heartbeat: Optional[LoopingCall] = None
+        self.broadcast_call: Optional[IDelayedCall] = None
         self.commit_news = False
         self.round = 0
-        self.sent_rounds: Dict[int, Tuple[Any, int]] = {}
+        self.sent_rounds: Dict[int, Tuple[AppendEntries, int]] = {}
         self.reads = Waiters()
-        self.read_call = None
+        self.read_call: Optional[IDelayedCall] = None
         self.uncommitted: Deque[Tuple[int, int]] = deque()
         self.uncommitted_bytes = 0
-        self.turn_start = None
-        self.transfer = None
+        self.turn_start: Optional[float] = None
+        self.transfer: Optional[Transfer] = None
 
     def release_committed(self, commit_index: int) -> None:
         """Forget the uncommitted commands up to ``commit_index``."""
@@ -183,3 +190,4 @@ class Stopped(_RoleState):
 
     __slots__ = ()
     role = Role.STOPPED
+    campaigns: Literal[False]

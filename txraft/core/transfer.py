@@ -10,11 +10,15 @@ leader takes commands again.  Part of :class:`~txraft.core.raft.RaftCore`.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 
 from txraft import errors
 from txraft import messages as m
 from txraft.core.roles import Leader
+from txraft.core.shared import CoreState
 
 
 class Transfer:
@@ -30,13 +34,13 @@ class Transfer:
 
     __slots__ = ("target", "deferred", "timer", "sent")
 
-    def __init__(self, target, deferred, timer):
+    def __init__(self, target: str, deferred: defer.Deferred[None], timer: IDelayedCall) -> None:
         self.target = target
         self.deferred = deferred
         self.timer = timer
         self.sent = False
 
-    def finish(self, error=None):
+    def finish(self, error: Optional[BaseException] = None) -> None:
         """Cancel the timer and fire the Deferred (with ``error``, or success)."""
         if self.timer.active():
             self.timer.cancel()
@@ -46,10 +50,10 @@ class Transfer:
             self.deferred.errback(error)
 
 
-class LeadershipTransfer:
+class LeadershipTransfer(CoreState):
     """The leadership-transfer half of :class:`~txraft.core.raft.RaftCore` (a mixin: it shares the core's state)."""
 
-    def transfer_leadership(self, to=None):
+    def transfer_leadership(self, to: Optional[str] = None) -> defer.Deferred[str]:
         """
         Hand leadership to the voter ``to``, or to the most up-to-date voter:
         here if this member leads, otherwise through the leader it knows.
@@ -69,15 +73,15 @@ class LeadershipTransfer:
             return d.addCallback(lambda _: target)
         if not self.leader or self.role is m.Role.STOPPED:
             return defer.fail(errors.NotLeader(self.leader))
-        d = self._call(self.leader, m.TransferLeadership(to or ""))
-        return d.addCallback(lambda reply: reply.to)
+        forwarded = self._call(self.leader, m.TransferLeadership(to or ""))
+        return forwarded.addCallback(lambda reply: reply.to)
 
-    def _handle_transfer_leadership(self, req):
+    def _handle_transfer_leadership(self, req: m.TransferLeadership) -> m.TransferLeadershipReply:
         target, d = self._start_transfer(req.to or None)
         d.addErrback(lambda _: None)  # the asking member watches for the new leader itself
         return m.TransferLeadershipReply(target)
 
-    def _choose_successor(self, leader, to):
+    def _choose_successor(self, leader: Leader, to: Optional[str]) -> str:
         voters = self._voting_peers()
         if to is not None:
             if to == self.id:
@@ -92,7 +96,7 @@ class LeadershipTransfer:
         # The most up-to-date voter; ties go to the lowest id, for replays.
         return max(voters, key=lambda peer: (leader.progress[peer].match_index, [-ord(c) for c in peer]))
 
-    def _start_transfer(self, to):
+    def _start_transfer(self, to: Optional[str]) -> Tuple[str, defer.Deferred[None]]:
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
             raise errors.NotLeader(self.leader)
@@ -107,7 +111,7 @@ class LeadershipTransfer:
             self._replicate(leader, target)
         return target, leader.transfer.deferred
 
-    def _transfer_expired(self, leader):
+    def _transfer_expired(self, leader: Leader) -> None:
         transfer = leader.transfer
         if self.state is not leader or transfer is None:
             return
@@ -116,7 +120,7 @@ class LeadershipTransfer:
                       member=self.id, target=transfer.target)
         transfer.finish(errors.Timeout(f"leadership did not move to {transfer.target} within an election timeout"))
 
-    def _send_timeout_now_if_ready(self, leader):
+    def _send_timeout_now_if_ready(self, leader: Leader) -> None:
         transfer = leader.transfer
         if transfer is None or transfer.sent:
             return
@@ -125,7 +129,7 @@ class LeadershipTransfer:
             transfer.sent = True
             self._send(transfer.target, m.TimeoutNow(leader.term, self.id))
 
-    def _hand_over(self, leader):
+    def _hand_over(self, leader: Leader) -> None:
         """Leaving leadership for good: tell the most up-to-date voter to stand now, if it is up to date."""
         try:
             target = self._choose_successor(leader, None)
@@ -134,10 +138,10 @@ class LeadershipTransfer:
         if leader.progress[target].match_index >= self.storage.last_index:
             self._send(target, m.TimeoutNow(leader.term, self.id))
 
-    def _on_timeout_now_reply(self, peer, request, reply):
+    def _on_timeout_now_reply(self, peer: str, request: m.TimeoutNow, reply: m.TimeoutNowReply) -> None:
         self._adopt_newer_term(reply)
 
-    def _handle_timeout_now(self, req):
+    def _handle_timeout_now(self, req: m.TimeoutNow) -> m.TimeoutNowReply:
         if req.term < self.term or not self.configuration.is_voter(self.id):
             return m.TimeoutNowReply(self.term)
         self.log.info("{member} stands for election: {leader} hands over", member=self.id, leader=req.leader)

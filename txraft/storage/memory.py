@@ -12,8 +12,10 @@ this to crash members mid-write.
 from __future__ import annotations
 
 import io
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from txraft.errors import StorageClosed, StorageError
@@ -78,13 +80,13 @@ class MemoryStorage:
     :param float fsync_delay: simulated fsync latency in seconds.
     """
 
-    def __init__(self, clock=None, fsync_delay=0.0):
+    def __init__(self, clock: Optional[IReactorTime] = None, fsync_delay: float = 0.0) -> None:
         self._clock = clock
         self._fsync_delay = fsync_delay
         self._visible = _State()
         self._durable = _State()
-        self._pending = []  # (op, deferred) not yet durable
-        self._flush_call = None
+        self._pending: List[Tuple[Any, defer.Deferred[Any]]] = []  # (op, deferred) not yet durable
+        self._flush_call: Optional[IDelayedCall] = None
         self.fsyncs = 0
         #: Counts writes; lets observers skip re-reading an unchanged log.
         self.version = 0
@@ -217,7 +219,7 @@ class MemoryStorage:
 
     # -- simulation ------------------------------------------------------
 
-    def crash(self):
+    def crash(self) -> MemoryStorage:
         """
         Lose power: cancel the pending fsync, forget every write that was not
         durable, and return a new storage holding only the durable state.

@@ -30,11 +30,15 @@ from __future__ import annotations
 import io
 import json
 import random
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from twisted.internet.task import Clock
 
 from txraft.client import RaftClient
 from txraft.config import RaftConfig
+from txraft.core.membership import Configuration
+from txraft.core.raft import RaftCore
+from txraft.interfaces import ITransport
 from txraft.messages import Role
 from txraft.member import Raft
 from txraft.storage.memory import MemoryStorage
@@ -48,12 +52,12 @@ class RecordingClient(RaftClient):
     whole record, so a member restored from a snapshot still knows the past.
     """
 
-    def __init__(self):
-        self.applied = {}  # index -> command
+    def __init__(self) -> None:
+        self.applied: Dict[int, bytes] = {}  # index -> command
         self.last_index = 0
         self.restores = 0
 
-    def apply(self, command, index):
+    def apply(self, command: bytes, index: int) -> int:
         """Record ``command`` at ``index``; :raises AssertionError: when applied out of order."""
         if index <= self.last_index:
             raise AssertionError(f"apply() at {index} after {self.last_index}: out of order")
@@ -61,12 +65,12 @@ class RecordingClient(RaftClient):
         self.last_index = index
         return index
 
-    def save_snapshot(self, fileobj):
+    def save_snapshot(self, fileobj: BinaryIO) -> None:
         """Write every applied command to ``fileobj`` as JSON."""
         record = {str(i): c.decode("latin-1") for i, c in self.applied.items()}
         fileobj.write(json.dumps({"last": self.last_index, "applied": record}).encode())
 
-    def restore_snapshot(self, index, fileobj):
+    def restore_snapshot(self, index: int, fileobj: BinaryIO) -> None:
         """Replace the record with the one :meth:`save_snapshot` wrote."""
         data = json.load(io.TextIOWrapper(fileobj, encoding="utf-8"))
         self.applied = {int(i): c.encode("latin-1") for i, c in data["applied"].items()}
@@ -75,6 +79,12 @@ class RecordingClient(RaftClient):
         # The snapshot may end on a no-op entry, which apply() never sees.
         self.last_index = index
         self.restores += 1
+
+
+class _Checker(Protocol):
+    """What :class:`SimulatedCluster` asks of its ``checker``."""
+
+    def check(self, cluster: SimulatedCluster) -> None: ...
 
 
 class SimulatedCluster:
@@ -112,10 +122,12 @@ class SimulatedCluster:
         simulated time.
     """
 
-    def __init__(self, size=3, seed=0, client_factory=RecordingClient, heartbeat=0.05,
-                 snapshot_threshold=1000, delay=(0.001, 0.005), drop_rate=0.0,
-                 duplicate_rate=0.0, fsync_delay=0.002, checker=None, request_timeout=5.0,
-                 wrap_transport=None):
+    def __init__(self, size: int = 3, seed: int = 0, client_factory: Callable[[], Any] = RecordingClient,
+                 heartbeat: float = 0.05, snapshot_threshold: int = 1000,
+                 delay: Tuple[float, float] = (0.001, 0.005), drop_rate: float = 0.0,
+                 duplicate_rate: float = 0.0, fsync_delay: float = 0.002, checker: Optional[_Checker] = None,
+                 request_timeout: float = 5.0,
+                 wrap_transport: Optional[Callable[[ITransport], ITransport]] = None) -> None:
         self.clock = Clock()
         self.rng = random.Random(seed)
         self.network = MemoryNetwork(self.clock, random.Random(self.rng.random()), delay,
@@ -130,18 +142,20 @@ class SimulatedCluster:
         self.fsync_delay = fsync_delay
         self.storages = {i: MemoryStorage(self.clock, fsync_delay) for i in self.ids}
         self.wrap_transport = wrap_transport
-        self.transports = {}  # member id -> the transport its member was built with
-        self.members = {}
-        self.contacts = {}  # member id -> whom it asks to add it (members launched later)
-        self.clients = {}
-        self.crashed = set()
+        self.transports: Dict[str, ITransport] = {}  # member id -> the transport its member was built with
+        self.members: Dict[str, Raft] = {}
+        # member id -> whom it asks to add it (members launched later)
+        self.contacts: Dict[str, Optional[Iterable[str]]] = {}
+        # Any: each test reaches its own application's attributes.
+        self.clients: Dict[str, Any] = {}
+        self.crashed: Set[str] = set()
         self.checker = checker
-        self.trace = []
+        self.trace: List[str] = []
         self._stopped = False
 
     # -- building ------------------------------------------------------------
 
-    def config(self, member_id):
+    def config(self, member_id: str) -> RaftConfig:
         """:returns: the :class:`~txraft.RaftConfig` the cluster gives ``member_id``."""
         return RaftConfig(
             listen=member_id, heartbeat=self.heartbeat, snapshot_threshold=self.snapshot_threshold,
@@ -149,9 +163,9 @@ class SimulatedCluster:
             snapshot_chunk=256,
         )
 
-    def _launch(self, member_id):
+    def _launch(self, member_id: str) -> Raft:
         client = self.client_factory()
-        transport = self.network.transport(member_id)
+        transport: ITransport = self.network.transport(member_id)
         if self.wrap_transport is not None:
             transport = self.wrap_transport(transport)
         self.transports[member_id] = transport
@@ -167,7 +181,7 @@ class SimulatedCluster:
         member.start()
         return member
 
-    def start(self):
+    def start(self) -> None:
         """Start every member (once)."""
         if self.members or self._stopped:
             raise RuntimeError("start(): the cluster was already started")
@@ -175,11 +189,11 @@ class SimulatedCluster:
             self._launch(member_id)
         self.note("start")
 
-    def note(self, event):
+    def note(self, event: str) -> None:
         """Add ``event`` to the trace, stamped with the simulated time."""
         self.trace.append(f"{self.clock.seconds():9.4f} {event}")
 
-    def launch_new_member(self, contacts=None):
+    def launch_new_member(self, contacts: Optional[Iterable[str]] = None) -> str:
         """
         Start a member with an empty disk that waits to be added (it is not
         part of any configuration until a member's ``add_member()`` commits).
@@ -196,7 +210,7 @@ class SimulatedCluster:
         self._launch(member_id)
         return member_id
 
-    def configuration(self):
+    def configuration(self) -> Optional[Configuration]:
         """
         :returns: the configuration of the leader of the highest term among
             running members (the cluster as it stands), or the latest one any
@@ -204,12 +218,12 @@ class SimulatedCluster:
         """
         leader = self.leader()
         if leader is not None:
-            return self.members[leader].core.configuration
-        cores = [self.members[i].core for i in self.running() if self.members[i].core is not None]
+            return self._core(leader).configuration
+        cores = [self._core(i) for i in self.running() if self.members[i].core is not None]
         best = max(cores, key=lambda c: (c.configuration_index, c.term), default=None)
         return best.configuration if best is not None else None
 
-    def in_configuration(self):
+    def in_configuration(self) -> List[str]:
         """:returns: ids of running members that belong to :meth:`configuration` (removed ones left out)."""
         configuration = self.configuration()
         ids = set(configuration.ids) if configuration is not None else set(self.ids)
@@ -217,11 +231,11 @@ class SimulatedCluster:
 
     # -- faults ----------------------------------------------------------------
 
-    def running(self):
+    def running(self) -> List[str]:
         """:returns: ids of members that are not crashed."""
         return [i for i in self.ids if i not in self.crashed]
 
-    def _check_member(self, action, member_id, crashed):
+    def _check_member(self, action: str, member_id: str, crashed: bool) -> None:
         """Refuse ``action`` on an unknown member, or one that is not (``crashed``) crashed."""
         if self._stopped:
             raise RuntimeError(f"{action}({member_id!r}): the cluster was stopped")
@@ -231,7 +245,7 @@ class SimulatedCluster:
             state = "crashed; restart() it first" if member_id in self.crashed else "running; crash() it first"
             raise ValueError(f"{action}({member_id!r}): the member is {state}")
 
-    def crash(self, member_id):
+    def crash(self, member_id: str) -> None:
         """
         Power off a running member: everything its storage had not made
         durable is lost, and its pending ``append()`` Deferreds fail with
@@ -246,7 +260,7 @@ class SimulatedCluster:
         self.storages[member_id] = self.storages[member_id].crash()
         self.crashed.add(member_id)
 
-    def restart(self, member_id):
+    def restart(self, member_id: str) -> Raft:
         """
         Start a crashed member again from what its storage kept, with a new
         application from ``client_factory``.
@@ -260,45 +274,51 @@ class SimulatedCluster:
         self.crashed.discard(member_id)
         return self._launch(member_id)
 
-    def partition(self, *groups):
+    def partition(self, *groups: Iterable[str]) -> None:
         """Split the network into ``groups`` of member ids that reach only each other."""
         self.note(f"partition {groups}")
         self.network.partition(*groups)
 
-    def heal(self):
+    def heal(self) -> None:
         """Undo every partition and cut."""
         self.note("heal")
         self.network.heal()
 
     # -- observing ---------------------------------------------------------------
 
-    def leaders(self):
-        """:returns: ids of running members that believe they lead."""
-        return [i for i in self.running() if self.members[i].core.role is Role.LEADER]
+    def _core(self, member_id: str) -> RaftCore:
+        """:returns: the core of ``member_id``, which exists once the member was started."""
+        core = self.members[member_id].core
+        assert core is not None, f"{member_id} was never started"
+        return core
 
-    def leader(self):
+    def leaders(self) -> List[str]:
+        """:returns: ids of running members that believe they lead."""
+        return [i for i in self.running() if self._core(i).role is Role.LEADER]
+
+    def leader(self) -> Optional[str]:
         """:returns: the leader of the highest term among running members, or ``None``."""
         leaders = self.leaders()
         if not leaders:
             return None
-        return max(leaders, key=lambda i: self.members[i].core.term)
+        return max(leaders, key=lambda i: self._core(i).term)
 
-    def agreed_leader(self):
+    def agreed_leader(self) -> Optional[str]:
         """:returns: the leader every running member follows, or ``None``."""
         seen = set()
         for i in self.in_configuration():
-            core = self.members[i].core
+            core = self._core(i)
             seen.add(i if core.role is Role.LEADER else core.leader)
         if len(seen) == 1:
             (leader,) = seen
             if leader in self.members and leader not in self.crashed \
-                    and self.members[leader].core.role is Role.LEADER:
+                    and self._core(leader).role is Role.LEADER:
                 return leader
         return None
 
     # -- time ----------------------------------------------------------------------
 
-    def _step(self, limit):
+    def _step(self, limit: float) -> None:
         """
         Advance to the next scheduled event, but not past ``limit``.
 
@@ -313,13 +333,13 @@ class SimulatedCluster:
         self.clock.advance(max(target - now, 0))
         self.check()
 
-    def run(self, seconds):
+    def run(self, seconds: float) -> None:
         """Advance the clock by ``seconds``, checking invariants after every event."""
         end = self.clock.seconds() + seconds
         while self.clock.seconds() < end:
             self._step(end)
 
-    def run_until(self, predicate, timeout):
+    def run_until(self, predicate: Callable[[], object], timeout: float) -> bool:
         """
         Advance the clock until ``predicate()`` is true.
 
@@ -332,7 +352,7 @@ class SimulatedCluster:
             self._step(end)
         return True
 
-    def wait_for_leader(self, timeout=10.0):
+    def wait_for_leader(self, timeout: float = 10.0) -> Optional[str]:
         """
         Run the clock until every running member follows the same leader.
 
@@ -342,26 +362,27 @@ class SimulatedCluster:
         self.run_until(lambda: self.agreed_leader() is not None, timeout)
         return self.agreed_leader()
 
-    def converged(self):
+    def converged(self) -> bool:
         """
         :returns: whether every running member of the configuration has
             applied the same, complete log (removed members no longer hear
             from the leader).
         """
         running = self.in_configuration()
-        if not running or self.agreed_leader() is None:
+        leader_id = self.agreed_leader()
+        if not running or leader_id is None:
             return False
-        leader = self.members[self.agreed_leader()].core
+        leader = self._core(leader_id)
         target = leader.storage.last_index
-        return all(self.members[i].core.applied_index == target
-                   and self.members[i].core.storage.last_index == target for i in running)
+        return all(self._core(i).applied_index == target
+                   and self._core(i).storage.last_index == target for i in running)
 
-    def check(self):
+    def check(self) -> None:
         """Check the safety properties now (with the cluster's :class:`SafetyChecker`, if any)."""
         if self.checker is not None:
             self.checker.check(self)
 
-    def stop(self):
+    def stop(self) -> None:
         """
         Stop every running member (cleanly: their pending appends fail with
         :class:`~txraft.errors.Stopped`) and cancel the clock's calls.  Call it

@@ -12,8 +12,10 @@ a plain loopback for tests of applications built on txraft.
 from __future__ import annotations
 
 import random
+from typing import Any, Dict, Iterable, Optional, Set, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from txraft import errors
@@ -31,18 +33,20 @@ class MemoryNetwork:
     :param float duplicate_rate: chance that a request is delivered twice.
     """
 
-    def __init__(self, clock, rng=None, delay=(0.0, 0.0), drop_rate=0.0, duplicate_rate=0.0):
+    def __init__(self, clock: IReactorTime, rng: Optional[random.Random] = None,
+                 delay: Tuple[float, float] = (0.0, 0.0), drop_rate: float = 0.0,
+                 duplicate_rate: float = 0.0) -> None:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random(0)
         self.delay = delay
         self.drop_rate = drop_rate
         self.duplicate_rate = duplicate_rate
-        self._handlers = {}
-        self._cut = set()  # (sender, receiver) pairs that deliver nothing
+        self._handlers: Dict[str, Any] = {}  # member id -> its IRPCHandler
+        self._cut: Set[Tuple[str, str]] = set()  # (sender, receiver) pairs that deliver nothing
         self.delivered = 0
         self.dropped = 0
 
-    def transport(self, member_id):
+    def transport(self, member_id: str) -> MemoryTransport:
         """:returns: the :class:`MemoryTransport` of ``member_id``."""
         return MemoryTransport(self, member_id)
 
@@ -52,7 +56,7 @@ class MemoryNetwork:
         """Stop delivery from ``a`` to ``b`` and from ``b`` to ``a``."""
         self._cut.update({(a, b), (b, a)})
 
-    def partition(self, *groups):
+    def partition(self, *groups: Iterable[str]) -> None:
         """Split members into ``groups``: delivery works only inside a group."""
         self._cut.clear()
         for i, group in enumerate(groups):
@@ -67,7 +71,7 @@ class MemoryNetwork:
             if other != member_id:
                 self.cut(member_id, other)
 
-    def heal(self):
+    def heal(self) -> None:
         """Restore every link."""
         self._cut.clear()
 
@@ -133,6 +137,6 @@ class MemoryTransport:
             return defer.fail(errors.TransportError(f"{self.id} is not started"))
         return self.network.send(self.id, peer, message)
 
-    def stop(self):
+    def stop(self) -> defer.Deferred[None]:
         self.network._handlers.pop(self.id, None)
         return defer.succeed(None)
