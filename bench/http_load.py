@@ -7,7 +7,9 @@ same asyncio client (aiohttp) in the same run.
 For each number of keep-alive connections: closed-loop ``PUT``s of 100-byte
 values over 10,000 keys, sent to the leader, for ``--seconds``; successful
 writes per second, latency percentiles and failures by status (txraft
-answers 429 when it is busy; the client then waits ``Retry-After``).  Then
+answers 429 when it is busy; the client then waits ``Retry-After``).  The
+members' HTTP connection caps are raised above the largest step, since all
+the connections come from one address.  Then
 sequential ``PUT`` latency.  Prints the txraft/etcd ratio and a final JSON line.
 
 Run (needs the ``bench`` extra, ``pip install -e '.[bench]'``)::
@@ -51,10 +53,14 @@ class Target:
 class TxraftTarget(Target):
     name = "txraft"
 
-    def __init__(self, directory):
+    def __init__(self, directory, connections):
         from txraft.testing.processes import LocalCluster
 
-        self.cluster = LocalCluster(directory, size=3)
+        # All the load comes from one address: raise the HTTP caps (512 in
+        # all, 128 per address by default) above the largest step.
+        cap = str(max(connections) + 64)
+        self.cluster = LocalCluster(directory, size=3, extra_args=[
+            "--max-http-connections", cap, "--max-http-connections-per-address", cap])
         cert, key = self.cluster.certs["client"]
         context = ssl.create_default_context(cafile=self.cluster.certs["ca"][0])
         context.check_hostname = False  # members' certificates name members, not 127.0.0.x
@@ -256,7 +262,7 @@ def main():
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     summary = {"bench": "http_load"}
     with tempfile.TemporaryDirectory(prefix="txraft-http-load-") as directory:
-        targets = [TxraftTarget(os.path.join(directory, "txraft"))]
+        targets = [TxraftTarget(os.path.join(directory, "txraft"), args.connections)]
         if etcd:
             os.makedirs(os.path.join(directory, "etcd"))
             targets.append(EtcdTarget(os.path.join(directory, "etcd"), etcd))

@@ -151,6 +151,14 @@ def test_make_service_builds_a_raft_service(tmp_path):
     assert svc.members == ("127.0.0.1:7001", "127.0.0.1:7002")
     assert type(svc.app).__name__ == "RecordingClient"
     assert svc.tune_gc  # a twistd member makes the collector's pauses rare (docs/performance.md)
+    assert (svc.http_guard.limits.max_connections, svc.http_guard.limits.max_per_source) == (512, 128)
+
+
+def test_the_http_connection_caps_are_options(tmp_path):
+    options = parse("--insecure", "--app", APP, "--logdir", str(tmp_path / "d"),
+                    "--max-http-connections", "2048", "--max-http-connections-per-address", "1100")
+    limits = makeService(options).http_guard.limits
+    assert (limits.max_connections, limits.max_per_source) == (2048, 1100)
 
 
 def test_make_service_hands_down_the_credentials_loaded_while_checking(tmp_path, pki):
@@ -260,6 +268,9 @@ def test_load_app_class_accepts_dots_and_colons():
     (["--heartbeat", "fast"], "heartbeat"),
     (["--election-timeout", "0.05"], "must be above --heartbeat"),
     (["--snapshot-threshold", "0"], "snapshot-threshold"),
+    (["--max-http-connections", "none"], "--max-http-connections must be a positive integer"),
+    (["--max-http-connections-per-address", "0"], "--max-http-connections-per-address must be a positive"),
+    (["--max-http-connections", "100"], "--max-http-connections-per-address (128) is above --max-http-connections (100)"),
     (["--http", "localhost"], "--http must be HOST:PORT"),
 ])
 def test_bad_values(tmp_path, args, expected):

@@ -45,6 +45,8 @@ DEFAULTS = {
     "fsync": "always",
     "acl": None,
     "app": "txraft.kv:KeyValueStore",
+    "max-http-connections": 512,
+    "max-http-connections-per-address": 128,
     "http": None,
     "client-acl": None,
     "request-timeout": 10.0,
@@ -211,6 +213,11 @@ class Options(usage.Options):
         ["client-acl", None, DEFAULTS["client-acl"],
          "Comma-separated certificate names of the clients admitted to the HTTPS API (required "
          "with --http unless --insecure)."],
+        ["max-http-connections", None, DEFAULTS["max-http-connections"],
+         "Connections the HTTP(S) API holds at once; more are closed at accept (see docs/security.md)."],
+        ["max-http-connections-per-address", None, DEFAULTS["max-http-connections-per-address"],
+         "Connections the HTTP(S) API holds from one client address at once (a proxy or a load balancer "
+         "counts as one address)."],
         ["request-timeout", None, DEFAULTS["request-timeout"],
          "Seconds a client request may wait for a quorum before it fails (HTTP 503)."],
         ["join", None, None,
@@ -272,6 +279,12 @@ class Options(usage.Options):
         for option in ("heartbeat", "election-timeout", "request-timeout"):
             self[option] = _seconds(option, self[option])
         self["snapshot-threshold"] = _positive_int("snapshot-threshold", self["snapshot-threshold"])
+        for option in ("max-http-connections", "max-http-connections-per-address"):
+            self[option] = _positive_int(option, self[option])
+        if self["max-http-connections-per-address"] > self["max-http-connections"]:
+            raise ConfigurationError(
+                f"--max-http-connections-per-address ({self['max-http-connections-per-address']}) is above "
+                f"--max-http-connections ({self['max-http-connections']})")
         if self["fsync"] not in FSYNC_POLICIES:
             raise ConfigurationError(f"--fsync must be one of {', '.join(FSYNC_POLICIES)}, got {self['fsync']!r}")
         if self["election-timeout"] <= self["heartbeat"]:
@@ -373,7 +386,10 @@ def makeService(options):
         member, a port was taken meanwhile), the process exits with status 1
         after logging one line.
     """
+    from dataclasses import replace
+
     from txraft.service import RaftService
+    from txraft.transport.limits import HTTP_LIMITS
 
     return RaftService(
         options.config(),
@@ -387,4 +403,6 @@ def makeService(options):
         # and the HTTPS API share them.
         credentials=options["credentials"],
         warnings=[options["key_warning"]] if options["key_warning"] else [],
+        http_limits=replace(HTTP_LIMITS, max_connections=options["max-http-connections"],
+                            max_per_source=options["max-http-connections-per-address"]),
     )
