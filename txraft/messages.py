@@ -119,8 +119,13 @@ class Entry:
     request_id: Optional[RequestId] = None
 
     def size(self) -> int:
-        """Approximate encoded size in bytes, used to bound batches."""
-        return 32 + len(self.data)
+        """
+        Encoded size in bytes, rounded up (msgpack's headers and integers at
+        their widest), used to bound batches: a batch of ``max_batch_bytes``
+        by this measure encodes to no more, so it travels as one AMP value.
+        """
+        rid = self.request_id
+        return 48 + len(self.data) + (len(rid.session) if rid is not None else 0)
 
 
 @dataclass(frozen=True)

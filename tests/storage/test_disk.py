@@ -215,7 +215,9 @@ class TestPersistence:
         assert [e.index for e in storage.entries(9, 100)] == [9, 10]
         # At least one entry, however small the budget.
         assert [e.index for e in storage.entries(1, 11, max_bytes=1)] == [1]
-        assert [e.index for e in storage.entries(1, 11, max_bytes=3 * 132)] == [1, 2, 3]
+        size = entry(1, 1, b"x" * 100).size()
+        assert [e.index for e in storage.entries(1, 11, max_bytes=3 * size)] == [1, 2, 3]
+        assert [e.index for e in storage.entries(1, 11, max_bytes=4 * size - 1)] == [1, 2, 3]
         with pytest.raises(IndexError):
             storage.entries(0, 3)
 

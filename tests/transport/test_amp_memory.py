@@ -115,6 +115,23 @@ def test_a_large_batch_of_entries_is_reassembled():
     assert pair.handler.received == [request]
 
 
+def test_requests_sent_while_a_large_one_uploads_arrive_after_it_in_order():
+    # A leader pipelines AppendEntries; one that overtook a fragmented one
+    # would reach the follower as a gap in its log, be refused, and make the
+    # leader send everything again.
+    pair = Pair()
+    big = tuple(m.Entry(2, i, data=b"x" * 1000) for i in range(1, 201))  # about 200 KiB: fragmented
+    requests = [m.AppendEntries(2, "127.0.0.12:7002", 0, 0, big, 0),
+                m.AppendEntries(2, "127.0.0.12:7002", 200, 2, (m.Entry(2, 201, data=b"y"),), 0),
+                m.AppendEntries(2, "127.0.0.12:7002", 201, 2, (), 0),
+                m.AppendEntries(2, "127.0.0.12:7002", 0, 0, big, 0),
+                m.AppendEntries(2, "127.0.0.12:7002", 201, 2, (), 0)]
+    sent = [defer.ensureDeferred(pair.client.send(request)) for request in requests]
+    pair.pump.flush()
+    assert all(d.called for d in sent)
+    assert pair.handler.received == requests
+
+
 def test_at_most_a_window_of_fragments_is_unacknowledged():
     pair = Pair()
     received = record_fragments(pair.server)

@@ -182,6 +182,10 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
                                                context.fragment_budget)
         self._fragments_checked = None
         self._next_blob = 0
+        # While a request uploads a large field as fragments, later requests
+        # wait here (in order) so that the peer receives requests in the
+        # order they were sent; None when no upload is in progress.
+        self._upload_waiters = None
         self._box_bytes = 0
 
     # -- connection life ---------------------------------------------------
@@ -463,12 +467,36 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         command = commands.COMMANDS[type(message)]
         arguments = codec.to_fields(message)
         limit = self.context.max_message_bytes
+        while self._upload_waiters is not None:
+            # An earlier request is still uploading fragments: sending this
+            # one now would overtake it (a follower would see a gap in the
+            # log and refuse, and the leader would send everything again).
+            turn: defer.Deferred[None] = defer.Deferred()
+            self._upload_waiters.append(turn)
+            await turn
+        uploads = []
         for key, argument in _BLOBS[command]:
             raw = argument.encode(arguments[key])
             if len(raw) > limit:
                 raise e.InvalidRequest(f"{command.__name__}.{key} is {len(raw)} bytes; the limit is {limit}")
-            arguments[key] = await self.upload(raw) if len(raw) > FRAGMENT_SIZE else Encoded(raw)
-        return await self.call(command, arguments)
+            if len(raw) > FRAGMENT_SIZE:
+                uploads.append((key, raw))
+            else:
+                arguments[key] = Encoded(raw)
+        if not uploads:
+            return await self.call(command, arguments)
+        self._upload_waiters = waiters = []
+        try:
+            for key, raw in uploads:
+                arguments[key] = await self.upload(raw)
+            sent = self.call(command, arguments)
+        finally:
+            # The command is on its way (or failed): the next requests go,
+            # in the order they came.
+            self._upload_waiters = None
+            for turn in waiters:
+                turn.callback(None)
+        return await sent
 
     def call(self, command, arguments):
         """:returns: a Deferred firing with ``command``'s reply message."""
