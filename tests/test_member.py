@@ -209,6 +209,8 @@ def test_config_rejects_bad_values_with_the_setting_named():
         RaftConfig(fsync="sometimes")
     with pytest.raises(errors.ConfigurationError, match="election_timeout"):
         RaftConfig(heartbeat=1.0, election_timeout=0.5)
+    with pytest.raises(errors.ConfigurationError, match="trailing_entries must be a non-negative integer"):
+        RaftConfig(trailing_entries=-1)
 
 
 def test_raft_defaults_to_memory_storage_without_log_dir():

@@ -54,6 +54,10 @@ class RaftConfig:
         each time.  ``None`` means ``2 * heartbeat``.
     :ivar snapshot_threshold: applied entries since the last snapshot that
         trigger a new one (randomized per member by up to +1/8).
+    :ivar trailing_entries: entries the disk log keeps before a snapshot's
+        index when it compacts, so that a follower a little behind is sent
+        those entries rather than the whole snapshot (hashicorp/raft's
+        ``TrailingLogs``, etcd's ``SnapshotCatchUpEntries``).
     :ivar request_timeout: seconds ``append()`` waits for its command to be
         applied before it fails with :class:`txraft.errors.Timeout`.
     :ivar rpc_timeout: seconds a member RPC may take before it is abandoned.
@@ -104,6 +108,7 @@ class RaftConfig:
     heartbeat: float = 0.1
     election_timeout: Optional[float] = None
     snapshot_threshold: int = 10000
+    trailing_entries: int = 5000
     request_timeout: float = 10.0
     rpc_timeout: float = 2.0
     max_batch_bytes: int = 60 * 1024
@@ -161,6 +166,10 @@ class RaftConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.trailing_entries, int) or isinstance(self.trailing_entries, bool) \
+                or self.trailing_entries < 0:
+            raise ConfigurationError(
+                f"trailing_entries must be a non-negative integer, got {self.trailing_entries!r}")
         if not isinstance(self.max_queued_appends, int) or self.max_queued_appends < 0:
             raise ConfigurationError(
                 f"max_queued_appends must be a non-negative integer, got {self.max_queued_appends!r}")

@@ -34,7 +34,7 @@ def default_storage(config: RaftConfig, reactor: Any) -> IStorage:
         return MemoryStorage()
     from txraft.storage.disk import DiskStorage
 
-    return DiskStorage(config.log_dir, fsync=config.fsync, reactor=reactor)
+    return DiskStorage(config.log_dir, fsync=config.fsync, reactor=reactor, retain=config.trailing_entries)
 
 
 def default_transport(config: RaftConfig, reactor: Any, credentials: Optional[TLSCredentials] = None) -> ITransport:

@@ -76,11 +76,12 @@ class Cluster:
             listen=member_id,
             heartbeat=0.05,
             snapshot_threshold=threshold,
+            # Through the default storage (txraft.defaults), as twistd builds it.
+            trailing_entries=0 if retain is None else retain,
             insecure=True,
         )
         client = RecordingClient()
-        storage = None if retain is None else DiskStorage(config.log_dir, reactor=reactor, retain=retain)
-        member = Raft(config, client, reactor=reactor, transport=self.network.transport(member_id), storage=storage)
+        member = Raft(config, client, reactor=reactor, transport=self.network.transport(member_id))
         for peer in peers:
             member.add_member(peer)
         self.members.append(member)
