@@ -91,6 +91,6 @@ def _name_interfaces(*modules):
 
 
 def setup(app):
-    _name_interfaces("txraft.interfaces", "twisted.internet.interfaces")
+    _name_interfaces("txraft.interfaces", "twisted.internet.interfaces", "twisted.web.resource")
     app.add_directive("zope-interfaces", ZopeInterfaces)
     return {"parallel_read_safe": True}

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -51,6 +52,10 @@ from twisted.web.server import NOT_DONE_YET
 from txraft import errors
 from txraft.kv import InvalidCommand, InvalidKey, KeyValueClient, KeyValueStore, check_key, encode_cas, \
     encode_delete, encode_put
+
+if TYPE_CHECKING:
+    from txraft.member import Raft
+    from txraft.metrics import MemberMetrics
 
 log = Logger()
 
@@ -70,7 +75,8 @@ class BadRequest(Exception):
         super().__init__(message)
 
 
-def create_api(raft, store, metrics=None, request_timeout=None, max_command_size=1024 * 1024):
+def create_api(raft: Raft, store: object, metrics: Optional[MemberMetrics] = None,
+               request_timeout: Optional[float] = None, max_command_size: int = 1024 * 1024) -> Resource:
     """
     Build the HTTP API of one member.
 

@@ -79,6 +79,8 @@ store's current snapshot when one is taken or installed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Dict, List, Optional
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet.task import LoopingCall
@@ -89,6 +91,10 @@ from txraft import messages as m
 from txraft.core.observers import RaftObserver
 from txraft.interfaces import ITransport
 from txraft.messages import Role
+
+if TYPE_CHECKING:
+    from txraft.member import Raft
+    from txraft.transport.limits import ConnectionGuard
 
 ROLES = (Role.LEADER, Role.FOLLOWER, Role.CANDIDATE, Role.STOPPED)
 
@@ -162,11 +168,11 @@ class CountingTransport:
     :ivar entries: peer -> number of log entries sent.
     """
 
-    def __init__(self, transport):
+    def __init__(self, transport: ITransport) -> None:
         self.transport = transport
-        self.entry_bytes = {}
-        self.snapshot_bytes = {}
-        self.entries = {}
+        self.entry_bytes: Dict[str, int] = {}
+        self.snapshot_bytes: Dict[str, int] = {}
+        self.entries: Dict[str, int] = {}
 
     @property
     def address(self):
@@ -213,7 +219,8 @@ class MemberMetrics(RaftObserver):
 
     log = Logger()
 
-    def __init__(self, raft, registry=None, count_bytes=True, transport=None):
+    def __init__(self, raft: Raft, registry: Optional[CollectorRegistry] = None, count_bytes: bool = True,
+                 transport: Optional[CountingTransport] = None) -> None:
         if transport is not None and not isinstance(transport, CountingTransport):
             raise TypeError(f"transport must be a CountingTransport, not {type(transport).__name__}")
         self.raft = raft
@@ -243,15 +250,15 @@ class MemberMetrics(RaftObserver):
         self._first_term = None
         self.transport = transport if count_bytes else None
         #: The :class:`~txraft.transport.limits.ConnectionGuard` of each port watched.
-        self.ports = []
+        self.ports: List[ConnectionGuard] = []
         self.registry.register(_StatusCollector(self))
         self.attach()
 
-    def watch_reactor(self):
+    def watch_reactor(self) -> None:
         """Start measuring the reactor's turns (``txraft_reactor_turn_seconds``); :meth:`stop` ends it."""
         self.reactor_turns.start()
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the reactor turn monitor (nothing else needs stopping)."""
         self.reactor_turns.stop()
 
@@ -284,7 +291,7 @@ class MemberMetrics(RaftObserver):
             self.transport = found
         return True
 
-    def watch_port(self, guard):
+    def watch_port(self, guard: Optional[ConnectionGuard]) -> None:
         """Expose the connection counts of a :class:`~txraft.transport.limits.ConnectionGuard`."""
         if guard is not None and guard not in self.ports:
             self.ports.append(guard)
