@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STRICT_FLAGS = {"disallow_untyped_defs", "disallow_incomplete_defs", "disallow_untyped_calls",
                 "check_untyped_defs", "disallow_any_generics", "warn_return_any", "disallow_subclassing_any"}
 PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "txraft.client",
-              "txraft.interfaces", "txraft.member", "txraft.kv", "txraft.testing.cluster", "txraft.service"}
+              "txraft.interfaces", "txraft.member", "txraft.kv", "txraft.testing.cluster", "txraft.service",
+              "txraft.testing", "txraft.testing.processes"}
 
 
 def core_modules():
