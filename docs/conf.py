@@ -28,7 +28,9 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 # into libraries, and txraft modules, that the reference does not document.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(twisted|zope|enum|typing|collections|io|random|prometheus_client)\..*"),
+    (r"py:.*", r"(twisted|zope|enum|typing|collections|io|random|subprocess|prometheus_client)\..*"),
+    # Type variables of generic signatures (LocalCluster.wait_for).
+    (r"py:class", r"txraft\..*\._T"),
     (r"py:.*", r"txraft\.(storage|transport|metrics|http|http_client|kv|certs|core)\..*"),
     (r"py:.*", r"'?(Tuple|Dict|List|Optional)\[.*"),
     # Instance attributes described with :ivar: fields are not link targets.
@@ -91,6 +93,6 @@ def _name_interfaces(*modules):
 
 
 def setup(app):
-    _name_interfaces("txraft.interfaces", "twisted.internet.interfaces")
+    _name_interfaces("txraft.interfaces", "twisted.internet.interfaces", "twisted.web.resource")
     app.add_directive("zope-interfaces", ZopeInterfaces)
     return {"parallel_read_safe": True}

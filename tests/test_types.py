@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 STRICT_FLAGS = {"disallow_untyped_defs", "disallow_incomplete_defs", "disallow_untyped_calls",
                 "check_untyped_defs", "disallow_any_generics", "warn_return_any", "disallow_subclassing_any"}
 PUBLIC_API = {"txraft", "txraft.errors", "txraft.messages", "txraft.config", "txraft.client",
-              "txraft.interfaces", "txraft.member", "txraft.kv", "txraft.testing.cluster"}
+              "txraft.interfaces", "txraft.member", "txraft.kv", "txraft.testing.cluster", "txraft.service",
+              "txraft.testing", "txraft.testing.processes", "txraft.metrics",
+              "txraft.http"}
 
 
 def core_modules():

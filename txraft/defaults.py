@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from txraft.config import RaftConfig
-    from txraft.interfaces import IStorage, ITransport
+    from txraft.interfaces import IStorage
+    from txraft.metrics import CountingTransport
     from txraft.transport.tls import TLSCredentials
 
 
@@ -37,7 +38,7 @@ def default_storage(config: RaftConfig, reactor: Any) -> IStorage:
     return DiskStorage(config.log_dir, fsync=config.fsync, reactor=reactor, retain=config.trailing_entries)
 
 
-def default_transport(config: RaftConfig, reactor: Any, credentials: Optional[TLSCredentials] = None) -> ITransport:
+def default_transport(config: RaftConfig, reactor: Any, credentials: Optional[TLSCredentials] = None) -> CountingTransport:
     """
     :param config: a :class:`txraft.RaftConfig` (listen address, TLS files).
     :param reactor: the reactor to listen and connect with.

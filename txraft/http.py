@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
@@ -51,6 +52,17 @@ from twisted.web.server import NOT_DONE_YET
 from txraft import errors
 from txraft.kv import InvalidCommand, InvalidKey, KeyValueClient, KeyValueStore, check_key, encode_cas, \
     encode_delete, encode_put
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from txraft.kv import WriteResult
+    from txraft.member import Raft
+    from txraft.metrics import MemberMetrics
+
+#: What a render method returns: the body, or NOT_DONE_YET.
+_Rendered = Union[bytes, int]
+_Headers = Sequence[Tuple[bytes, bytes]]
 
 log = Logger()
 
@@ -65,12 +77,13 @@ _FALSE = {"0", "false", "no", "off"}
 class BadRequest(Exception):
     """A request the API refuses; carries its HTTP status code."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: int, message: str) -> None:
         self.code = code
         super().__init__(message)
 
 
-def create_api(raft, store, metrics=None, request_timeout=None, max_command_size=1024 * 1024):
+def create_api(raft: Raft, store: object, metrics: Optional[MemberMetrics] = None,
+               request_timeout: Optional[float] = None, max_command_size: int = 1024 * 1024) -> Resource:
     """
     Build the HTTP API of one member.
 
@@ -142,17 +155,17 @@ class BoundedRequest(server.Request):
     refused = False
     _received = 0
 
-    def _limit(self):
+    def _limit(self) -> Optional[int]:
         return getattr(getattr(self.channel, "site", None), "max_body_bytes", None)
 
-    def gotLength(self, length):
+    def gotLength(self, length: Optional[int]) -> None:
         limit = self._limit()
         if limit is not None and length is not None and length > limit:
             self._refuse(f"request body of {length} bytes is above the limit of {limit}")
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
 
-    def handleContentChunk(self, data):
+    def handleContentChunk(self, data: bytes) -> None:
         if self.refused:
             return
         self._received += len(data)
@@ -160,13 +173,13 @@ class BoundedRequest(server.Request):
         if limit is not None and self._received > limit:
             self._refuse(f"request body of more than {limit} bytes is above the limit of {limit}")
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
 
-    def requestReceived(self, command, path, version):
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self.refused:
-            super().requestReceived(command, path, version)
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
 
-    def _refuse(self, message):
+    def _refuse(self, message: str) -> None:
         self.refused = True
         # Not "100 Continue" after the refusal: twisted.web sends it after gotLength.
         self.requestHeaders.removeHeader(b"expect")
@@ -174,6 +187,7 @@ class BoundedRequest(server.Request):
             self.content.close()
         self.content = None
         body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+        assert self.channel.transport is not None  # the request is being received on it
         self.channel.transport.write(
             b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
@@ -183,14 +197,14 @@ class BoundedRequest(server.Request):
 # -- plumbing ----------------------------------------------------------------
 
 
-def _json_body(request, code, document):
+def _json_body(request: server.Request, code: int, document: object) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", JSON)
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(document).encode("utf-8") + b"\n"
 
 
-def _error_body(request, code, message):
+def _error_body(request: server.Request, code: int, message: str) -> bytes:
     return _json_body(request, code, {"error": message})
 
 
@@ -199,18 +213,18 @@ class _Response:
 
     __slots__ = ("code", "body", "content_type", "headers")
 
-    def __init__(self, code, body, content_type=JSON, headers=()):
+    def __init__(self, code: int, body: bytes, content_type: bytes = JSON, headers: _Headers = ()) -> None:
         self.code = code
         self.body = body
         self.content_type = content_type
         self.headers = headers
 
     @classmethod
-    def json(cls, code, document, headers=()):
+    def json(cls, code: int, document: object, headers: _Headers = ()) -> _Response:
         return cls(code, json.dumps(document).encode("utf-8") + b"\n", JSON, headers)
 
 
-def _failure_response(failure):
+def _failure_response(failure: Failure) -> _Response:
     """Map a failure of the Raft layer (or of the store) to a response."""
     error = failure.value
     if isinstance(error, BadRequest):
@@ -238,18 +252,18 @@ def _failure_response(failure):
     return _Response.json(500, {"error": f"internal error: {type(error).__name__}: {error}"})
 
 
-def _respond_later(request, d):
+def _respond_later(request: server.Request, d: defer.Deferred[_Response]) -> int:
     """
     Write the :class:`_Response` ``d`` fires with, unless the client has gone.
 
     :returns: ``NOT_DONE_YET``.
     """
-    gone = []
+    gone: List[object] = []
     # Fires (success) after finish() or fails when the connection is lost;
     # either way nothing more may be written.
     request.notifyFinish().addBoth(gone.append)
 
-    def write(response):
+    def write(response: _Response) -> None:
         if gone:
             return
         request.setResponseCode(response.code)
@@ -276,7 +290,7 @@ class _MethodResource(Resource):
 
     isLeaf = True
 
-    def render(self, request):
+    def render(self, request: server.Request) -> _Rendered:
         method = request.method.decode("ascii", "replace")
         handler = getattr(self, "render_" + ("GET" if method == "HEAD" else method), None)
         if handler is None:
@@ -284,11 +298,12 @@ class _MethodResource(Resource):
             allowed.discard("HEAD")  # twisted.web.resource.Resource's own, answered as GET above
             if "GET" in allowed:
                 allowed.add("HEAD")
-            allowed = sorted(allowed)
-            request.setHeader(b"allow", ", ".join(allowed).encode())
-            return _error_body(request, 405, f"method {method} not allowed here; use {', '.join(allowed)}")
+            names = sorted(allowed)
+            request.setHeader(b"allow", ", ".join(names).encode())
+            return _error_body(request, 405, f"method {method} not allowed here; use {', '.join(names)}")
         try:
-            return handler(request)
+            rendered: _Rendered = handler(request)
+            return rendered
         except BadRequest as e:
             return _error_body(request, e.code, str(e))
         except Exception:
@@ -304,26 +319,29 @@ class _ErrorResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, code, message):
-        super().__init__()
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.code = code
         self.message = message
 
-    def render(self, request):
+    def render(self, request: server.Request) -> bytes:
         return _error_body(request, self.code, self.message)
 
 
 class _Directory(Resource):
     """A Resource whose unknown children and own path answer a JSON 404."""
 
-    def getChild(self, path, request):
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+
+    def getChild(self, path: bytes, request: server.Request) -> _ErrorResource:
         return _ErrorResource(404, "no such resource")
 
-    def render(self, request):
+    def render(self, request: server.Request) -> bytes:
         return _error_body(request, 404, "no such resource")
 
 
-def _query(request):
+def _query(request: server.Request) -> Dict[str, List[str]]:
     """:returns: the URL's query arguments (str -> list of str), never the form body's."""
     query = urlsplit(request.uri).query.decode("latin-1")
     try:
@@ -332,7 +350,7 @@ def _query(request):
         raise BadRequest(400, "query string is not valid UTF-8") from None
 
 
-def _read_body(request, limit):
+def _read_body(request: server.Request, limit: int) -> bytes:
     """:returns: the request body; :raises BadRequest: 413 when above ``limit``."""
     declared = request.getHeader(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -348,7 +366,7 @@ def _read_body(request, limit):
     return content.read()
 
 
-def _text(value):
+def _text(value: Optional[bytes]) -> Optional[str]:
     """A stored value as JSON text: its UTF-8 decoding."""
     return None if value is None else value.decode("utf-8", "replace")
 
@@ -359,11 +377,11 @@ def _text(value):
 class StatusResource(_MethodResource):
     """``GET /v1/status``: the member's view of the cluster."""
 
-    def __init__(self, raft):
-        super().__init__()
+    def __init__(self, raft: Raft) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.raft = raft
 
-    def render_GET(self, request):
+    def render_GET(self, request: server.Request) -> bytes:
         status = self.raft.status()
         return _json_body(request, 200, {
             "id": status.id,
@@ -380,11 +398,11 @@ class StatusResource(_MethodResource):
 class MetricsResource(_MethodResource):
     """``GET /metrics``: rendered on the reactor thread from the member's own registry."""
 
-    def __init__(self, metrics):
-        super().__init__()
+    def __init__(self, metrics: MemberMetrics) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.metrics = metrics
 
-    def render_GET(self, request):
+    def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", self.metrics.content_type.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return self.metrics.render()
@@ -399,14 +417,14 @@ class KeyValueResource(_MethodResource):
     :param int max_command_size: largest encoded command accepted.
     """
 
-    def __init__(self, kv, max_command_size):
-        super().__init__()
+    def __init__(self, kv: KeyValueClient, max_command_size: int) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.kv = kv
         self.max_command_size = max_command_size
 
-    def _key(self, request):
+    def _key(self, request: server.Request) -> str:
         try:
-            key = b"/".join(request.postpath).decode("utf-8")
+            key = b"/".join(request.postpath or ()).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest(400, "key is not valid UTF-8") from None
         try:
@@ -414,7 +432,7 @@ class KeyValueResource(_MethodResource):
         except InvalidKey as e:
             raise BadRequest(400, f"bad key: {e}") from None
 
-    def _command(self, encode, *args):
+    def _command(self, encode: Callable[..., bytes], *args: Any) -> bytes:
         try:
             command = encode(*args)
         except (InvalidKey, TypeError) as e:
@@ -424,32 +442,32 @@ class KeyValueResource(_MethodResource):
                                   f"{self.max_command_size}")
         return command
 
-    def _submit(self, request, command, respond):
+    def _submit(self, request: server.Request, command: bytes, respond: Callable[[Any], _Response]) -> int:
         d = defer.maybeDeferred(self.kv.append, command)
         d.addCallback(respond)
         d.addErrback(self._result_unavailable, respond)
         return _respond_later(request, d)
 
-    def _result_unavailable(self, failure, respond):
+    def _result_unavailable(self, failure: Failure, respond: Callable[[Any], _Response]) -> _Response:
         # The command was applied, but this member learnt of it from a
         # snapshot: its index is no later than what is applied now.
         failure.trap(errors.ResultUnavailable)
         return respond(None)
 
-    def _written(self, result):
+    def _written(self, result: Any) -> _Response:
         index = result.index if result is not None else self.kv.raft.status().applied_index
         return _Response.json(200, {"index": index})
 
-    def render_PUT(self, request):
+    def render_PUT(self, request: server.Request) -> int:
         key = self._key(request)
         value = _read_body(request, self.max_command_size)
         return self._submit(request, self._command(encode_put, key, value), self._written)
 
-    def render_DELETE(self, request):
+    def render_DELETE(self, request: server.Request) -> int:
         key = self._key(request)
         return self._submit(request, self._command(encode_delete, key), self._written)
 
-    def render_POST(self, request):
+    def render_POST(self, request: server.Request) -> int:
         key = self._key(request)
         if "cas" not in _query(request):
             raise BadRequest(400, "POST /v1/kv/{key} needs ?cas (compare-and-set)")
@@ -472,12 +490,14 @@ class KeyValueResource(_MethodResource):
             raise BadRequest(400, "strings must be valid Unicode (no lone surrogates)") from None
         command = self._command(encode_cas, key, expect, value)
 
-        def swapped(result):
+        def swapped(result: WriteResult) -> _Response:
             if result.ok:
                 return _Response.json(200, {"ok": True, "index": result.index})
-            conflict = {"ok": False, "current": _text(result.current)}
-            if result.current is not None and _text(result.current).encode("utf-8") != result.current:
-                conflict["current_base64"] = base64.b64encode(result.current).decode("ascii")
+            raw = result.current
+            current = _text(raw)
+            conflict: Dict[str, object] = {"ok": False, "current": current}
+            if raw is not None and current is not None and current.encode("utf-8") != raw:
+                conflict["current_base64"] = base64.b64encode(raw).decode("ascii")
             return _Response.json(409, conflict)
 
         d = defer.maybeDeferred(self.kv.append, command)
@@ -485,7 +505,7 @@ class KeyValueResource(_MethodResource):
         d.addErrback(_cas_unknown)
         return _respond_later(request, d)
 
-    def render_GET(self, request):
+    def render_GET(self, request: server.Request) -> _Rendered:
         key = self._key(request)
         stale = _query(request).get("stale", ["false"])[-1].lower()
         if stale not in _TRUE | _FALSE:
@@ -493,11 +513,11 @@ class KeyValueResource(_MethodResource):
         store = self.kv.store
         if stale in _TRUE:
             return _write_now(request, self._value(key, store.applied_index))
-        d = defer.maybeDeferred(self.kv.raft.read_index, self.kv.timeout)
-        d.addCallback(lambda index: self._value(key, index))
+        d = defer.maybeDeferred(self.kv.raft.read_index, self.kv.timeout).addCallback(
+            lambda index: self._value(key, index))
         return _respond_later(request, d)
 
-    def _value(self, key, index):
+    def _value(self, key: str, index: int) -> _Response:
         value = self.kv.store.get(key)
         headers = [(b"x-raft-index", b"%d" % index)]
         if value is None:
@@ -505,13 +525,13 @@ class KeyValueResource(_MethodResource):
         return _Response(200, value, OCTETS, headers)
 
 
-def _cas_unknown(failure):
+def _cas_unknown(failure: Failure) -> _Response:
     failure.trap(errors.ResultUnavailable)
     return _Response.json(500, {"error": "the compare-and-set was applied, but this member learnt of it from "
                                          "a snapshot, so whether it swapped is unknown; read the key"})
 
 
-def _write_now(request, response):
+def _write_now(request: server.Request, response: _Response) -> bytes:
     request.setResponseCode(response.code)
     request.setHeader(b"content-type", response.content_type)
     request.setHeader(b"cache-control", b"no-store")

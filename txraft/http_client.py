@@ -16,11 +16,15 @@ Every failure is a :class:`ClientError` naming the request and the reason.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 from urllib.parse import quote
 
 from twisted.internet import defer
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from txraft.transport.tls import TLSCredentials
 
 __all__ = ["Client", "ClientError"]
 
@@ -75,8 +79,9 @@ class Client:
     :raises ValueError: for a URL whose scheme does not fit the options.
     """
 
-    def __init__(self, server, cert=None, key=None, ca=None, insecure=False, timeout=15.0, reactor=None,
-                 persistent=False, credentials=None, connections=64):
+    def __init__(self, server: str, cert: Optional[str] = None, key: Optional[str] = None, ca: Optional[str] = None,
+                 insecure: bool = False, timeout: float = 15.0, reactor: Any = None, persistent: bool = False,
+                 credentials: Optional[TLSCredentials] = None, connections: int = 64) -> None:
         import treq.client
         from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -110,7 +115,7 @@ class Client:
             if policy is not None else Agent(reactor, pool=self._pool, connectTimeout=timeout)
         self._http = treq.client.HTTPClient(agent)
 
-    def close(self):
+    def close(self) -> defer.Deferred[None]:
         """Close kept-alive connections; :returns: a Deferred firing when they are closed."""
         return self._pool.closeCachedConnections()
 
@@ -165,7 +170,7 @@ class Client:
             "utf-8", "replace").strip()
         return ClientError(f"{method} {url}: HTTP {code}: {detail}", code, parsed)
 
-    async def status(self):
+    async def status(self) -> Dict[str, Any]:
         """:returns: the member's ``/v1/status`` as a dict."""
         url = self._url() + "/v1/status"
         code, body = await self._request("GET", url)
@@ -173,7 +178,7 @@ class Client:
             raise self._failure("GET", url, code, body)
         return self._json(code, body, url)
 
-    async def put(self, key, value):
+    async def put(self, key: str, value: Union[bytes, str]) -> Dict[str, Any]:
         """Store ``value`` (bytes or str) under ``key``; :returns: the JSON reply, ``{"index": N}``."""
         url = self._url(key)
         code, body = await self._request("PUT", url, data=_bytes(value))
@@ -181,7 +186,7 @@ class Client:
             raise self._failure("PUT", url, code, body)
         return self._json(code, body, url)
 
-    async def get(self, key, stale=False):
+    async def get(self, key: str, stale: bool = False) -> Optional[bytes]:
         """:returns: the value (bytes), or ``None`` when the key is absent."""
         url = self._url(key)
         code, body = await self._request("GET", url, params={"stale": "true"} if stale else None)

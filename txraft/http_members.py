@@ -21,6 +21,7 @@ member, 400 for malformed input, 503 when no leader answered in time.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 
@@ -28,6 +29,9 @@ from txraft import errors
 from txraft.config import parse_host_port
 from txraft.http import BadRequest, _failure_response, _json_body, _MethodResource, _read_body, \
     _respond_later, _Response
+
+if TYPE_CHECKING:
+    from txraft.member import Raft
 
 #: Largest request body of these endpoints.
 MAX_BODY = 64 * 1024
@@ -84,7 +88,7 @@ def _member_id(value, what="id"):
 class MembersResource(_MethodResource):
     """``/v1/members`` and ``/v1/members/{id}[/promote]``."""
 
-    def __init__(self, raft):
+    def __init__(self, raft: Raft) -> None:
         super().__init__()
         self.raft = raft
 
@@ -135,7 +139,7 @@ class MembersResource(_MethodResource):
 class TransferResource(_MethodResource):
     """``POST /v1/leader/transfer``."""
 
-    def __init__(self, raft):
+    def __init__(self, raft: Raft) -> None:
         super().__init__()
         self.raft = raft
 

@@ -79,8 +79,11 @@ store's current snapshot when one is taken or installed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -89,6 +92,17 @@ from txraft import messages as m
 from txraft.core.observers import RaftObserver
 from txraft.interfaces import ITransport
 from txraft.messages import Role
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from twisted.internet.interfaces import IReactorTime
+    from twisted.python.failure import Failure
+
+    from txraft.core.membership import Configuration
+    from txraft.core.raft import RaftCore
+    from txraft.member import Raft
+    from txraft.messages import SnapshotMeta
+    from txraft.transport.limits import ConnectionGuard
 
 ROLES = (Role.LEADER, Role.FOLLOWER, Role.CANDIDATE, Role.STOPPED)
 
@@ -120,24 +134,24 @@ class TurnMonitor:
 
     interval = 0.02
 
-    def __init__(self, clock, histogram):
+    def __init__(self, clock: IReactorTime, histogram: Histogram) -> None:
         self.clock = clock
         self.histogram = histogram
         self.longest = 0.0
-        self._due = None
+        self._due = 0.0  # set by start()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
-    def start(self):
+    def start(self) -> None:
         if not self._loop.running:
             self._due = self.clock.seconds()
             self._loop.start(self.interval, now=False)
 
-    def stop(self):
+    def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
 
-    def _tick(self):
+    def _tick(self) -> None:
         now = self.clock.seconds()
         due = self._due + self.interval
         late = max(0.0, now - due)
@@ -162,21 +176,21 @@ class CountingTransport:
     :ivar entries: peer -> number of log entries sent.
     """
 
-    def __init__(self, transport):
+    def __init__(self, transport: ITransport) -> None:
         self.transport = transport
-        self.entry_bytes = {}
-        self.snapshot_bytes = {}
-        self.entries = {}
+        self.entry_bytes: Dict[str, int] = {}
+        self.snapshot_bytes: Dict[str, int] = {}
+        self.entries: Dict[str, int] = {}
 
     @property
-    def address(self):
+    def address(self) -> Optional[str]:
         """The wrapped transport's ``address`` (the member id it listens as), if it has one."""
         return getattr(self.transport, "address", None)
 
-    def start(self, handler):
+    def start(self, handler: Any) -> defer.Deferred[Any]:
         return self.transport.start(handler)
 
-    def send(self, peer, message):
+    def send(self, peer: str, message: Any) -> defer.Deferred[Any]:
         if isinstance(message, m.AppendEntries) and message.entries:
             self.entry_bytes[peer] = self.entry_bytes.get(peer, 0) + sum(e.size() for e in message.entries)
             self.entries[peer] = self.entries.get(peer, 0) + len(message.entries)
@@ -184,13 +198,13 @@ class CountingTransport:
             self.snapshot_bytes[peer] = self.snapshot_bytes.get(peer, 0) + len(message.data)
         return self.transport.send(peer, message)
 
-    def follow_configuration(self, configuration):
+    def follow_configuration(self, configuration: Configuration) -> None:
         """Pass a membership change to the wrapped transport, if it follows them."""
         follow = getattr(self.transport, "follow_configuration", None)
         if follow is not None:
             follow(configuration)
 
-    def stop(self):
+    def stop(self) -> defer.Deferred[Any]:
         return self.transport.stop()
 
 
@@ -213,7 +227,8 @@ class MemberMetrics(RaftObserver):
 
     log = Logger()
 
-    def __init__(self, raft, registry=None, count_bytes=True, transport=None):
+    def __init__(self, raft: Raft, registry: Optional[CollectorRegistry] = None, count_bytes: bool = True,
+                 transport: Optional[CountingTransport] = None) -> None:
         if transport is not None and not isinstance(transport, CountingTransport):
             raise TypeError(f"transport must be a CountingTransport, not {type(transport).__name__}")
         self.raft = raft
@@ -239,25 +254,25 @@ class MemberMetrics(RaftObserver):
         self.snapshots_installed = 0
         #: Bytes of the latest snapshot taken or installed (0: none).
         self.snapshot_bytes = 0
-        self._core = None
-        self._first_term = None
+        self._core: Optional[RaftCore] = None
+        self._first_term: Optional[int] = None
         self.transport = transport if count_bytes else None
         #: The :class:`~txraft.transport.limits.ConnectionGuard` of each port watched.
-        self.ports = []
+        self.ports: List[ConnectionGuard] = []
         self.registry.register(_StatusCollector(self))
         self.attach()
 
-    def watch_reactor(self):
+    def watch_reactor(self) -> None:
         """Start measuring the reactor's turns (``txraft_reactor_turn_seconds``); :meth:`stop` ends it."""
         self.reactor_turns.start()
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop the reactor turn monitor (nothing else needs stopping)."""
         self.reactor_turns.stop()
 
     # -- attaching to the core -----------------------------------------------
 
-    def attach(self):
+    def attach(self) -> bool:
         """
         Observe the member's core if it has started and is not observed yet.
 
@@ -284,27 +299,27 @@ class MemberMetrics(RaftObserver):
             self.transport = found
         return True
 
-    def watch_port(self, guard):
+    def watch_port(self, guard: Optional[ConnectionGuard]) -> None:
         """Expose the connection counts of a :class:`~txraft.transport.limits.ConnectionGuard`."""
         if guard is not None and guard not in self.ports:
             self.ports.append(guard)
 
-    def leader_changed(self, leader, term):
+    def leader_changed(self, leader: str, term: int) -> None:
         """:class:`~txraft.interfaces.IRaftObserver`: count a newly known leader."""
         if leader:
             self.leader_changes += 1
 
-    def restored(self, meta):
+    def restored(self, meta: SnapshotMeta) -> None:
         """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot installed, and measure it."""
         self.snapshots_installed += 1
         self._measure_snapshot()
 
-    def snapshot_taken(self, meta):
+    def snapshot_taken(self, meta: SnapshotMeta) -> None:
         """:class:`~txraft.interfaces.IRaftObserver`: count a snapshot of our own state, and measure it."""
         self.snapshots_taken += 1
         self._measure_snapshot()
 
-    def _measure_snapshot(self):
+    def _measure_snapshot(self) -> None:
         # Once per snapshot, not per scrape: the store may be closed by then.
         storage = getattr(self._core, "storage", None)
         try:
@@ -320,11 +335,11 @@ class MemberMetrics(RaftObserver):
 
     # -- observing appends ---------------------------------------------------------
 
-    def observe_append(self, seconds):
+    def observe_append(self, seconds: float) -> None:
         """Record one append that took ``seconds`` from call to local apply."""
         self.append_latency.observe(seconds)
 
-    def timed_append(self, command, timeout=None):
+    def timed_append(self, command: bytes, timeout: Optional[float] = None) -> defer.Deferred[Any]:
         """
         ``raft.append(command, timeout)``, observing its latency (or counting
         its failure by exception class).
@@ -335,11 +350,11 @@ class MemberMetrics(RaftObserver):
         started = clock.seconds()
         d = self.raft.append(command, timeout)
 
-        def succeeded(result):
+        def succeeded(result: Any) -> Any:
             self.observe_append(clock.seconds() - started)
             return result
 
-        def failed(failure):
+        def failed(failure: Failure) -> Failure:
             self.append_failures.labels(type(failure.value).__name__).inc()
             return failure
 
@@ -347,7 +362,7 @@ class MemberMetrics(RaftObserver):
 
     # -- exposition ----------------------------------------------------------------
 
-    def render(self):
+    def render(self) -> bytes:
         """:returns: the Prometheus text exposition of this member (bytes)."""
         return generate_latest(self.registry)
 
@@ -357,16 +372,16 @@ class MemberMetrics(RaftObserver):
 class _StatusCollector:
     """Reads the member's status at scrape time."""
 
-    def __init__(self, metrics):
+    def __init__(self, metrics: MemberMetrics) -> None:
         self.metrics = metrics
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         metrics = self.metrics
         metrics.attach()
         status = metrics.raft.status()
         core = metrics._core
 
-        def gauge(name, doc, value):
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
         yield gauge("txraft_term", "Current term", status.term)
@@ -392,9 +407,9 @@ class _StatusCollector:
         yield CounterMetricFamily("txraft_snapshots_installed", "Snapshots installed from the leader",
                                   value=metrics.snapshots_installed)
 
-        entries, size = core.uncommitted() if core is not None else (0, 0)
+        pending, size = core.uncommitted() if core is not None else (0, 0)
         config = metrics.raft.config
-        yield gauge("txraft_uncommitted_entries", "Commands the leader placed and has not committed", entries)
+        yield gauge("txraft_uncommitted_entries", "Commands the leader placed and has not committed", pending)
         yield gauge("txraft_uncommitted_bytes", "Bytes of commands the leader placed and has not committed", size)
         yield gauge("txraft_max_uncommitted_entries",
                     "Uncommitted commands beyond which append() fails at once with Busy",
@@ -424,18 +439,19 @@ class _StatusCollector:
         entries = CounterMetricFamily("txraft_replicated_entries", "Log entries sent to each peer",
                                       labels=["peer"])
         transport = metrics.transport
-        for peer in status.members if transport is not None else ():
-            if peer == status.id:
-                continue
-            sent.add_metric([peer, "entries"], transport.entry_bytes.get(peer, 0))
-            sent.add_metric([peer, "snapshot"], transport.snapshot_bytes.get(peer, 0))
-            entries.add_metric([peer], transport.entries.get(peer, 0))
+        if transport is not None:
+            for peer in status.members:
+                if peer == status.id:
+                    continue
+                sent.add_metric([peer, "entries"], transport.entry_bytes.get(peer, 0))
+                sent.add_metric([peer, "snapshot"], transport.snapshot_bytes.get(peer, 0))
+                entries.add_metric([peer], transport.entries.get(peer, 0))
         yield sent
         yield entries
         yield from _connection_families(metrics.ports)
 
 
-def _connection_families(guards):
+def _connection_families(guards: Iterable[ConnectionGuard]) -> Tuple[Metric, Metric, Metric]:
     opened = GaugeMetricFamily("txraft_connections_open", "Connections held by each port", labels=["port"])
     refused = CounterMetricFamily("txraft_connections_refused", "Connections closed at accept, over a cap",
                                   labels=["port", "reason"])

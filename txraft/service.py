@@ -31,20 +31,31 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, NoReturn, Optional, Set, Tuple, Union, cast
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError, ConnectError
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IListeningPort, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from txraft.config import RaftConfig
 from txraft.errors import CorruptLog, RaftError
 from txraft.http import BoundedRequest
+from txraft.interfaces import IRaftClient, IStorage, ITransport
 from txraft.member import Raft
-from txraft.transport.limits import HTTP_LIMITS, ConnectionGuard, descriptor_budget, mark_established
-from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, server_endpoint
+from txraft.transport.limits import HTTP_LIMITS, ConnectionGuard, ConnectionLimits, descriptor_budget, \
+    mark_established
+from txraft.transport.tls import AccessPolicy, ACLCheckedProtocolMixin, TLSCredentials, server_endpoint
+
+if TYPE_CHECKING:
+    from txraft.metrics import CountingTransport, MemberMetrics
 
 __all__ = ["RaftService", "ClientCertificateSite", "LOST_DISK"]
 
@@ -65,30 +76,32 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
 
     side = "HTTP API"
     peer_role = "client"
+    # Made by ClientCertificateSite.buildProtocol, which sets it.
+    factory: ClientCertificateSite
 
-    def __init__(self):
-        super().__init__()
-        self.closed = defer.Deferred()
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     @property
-    def policy(self):
+    def policy(self) -> Optional[AccessPolicy]:
         """The site's :class:`AccessPolicy`; ``None`` (plain HTTP) admits everyone."""
         return self.factory.policy
 
-    def connectionMade(self):
-        super().connectionMade()
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.factory.connections.add(self)
         if self.policy is None:  # plain HTTP: no handshake to wait for
             mark_established(self.transport)
 
-    def peer_admitted(self):
+    def peer_admitted(self) -> None:
         # From here on, twisted.web's own idle timeout applies.
         mark_established(self.transport)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         try:
-            super().connectionLost(reason)
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         finally:
             self.closed.callback(None)
 
@@ -108,22 +121,27 @@ class ClientCertificateSite(server.Site):
         (:class:`txraft.http.BoundedRequest`).  ``None``: no limit.
     """
 
-    protocol = _ClientCheckedChannel
+    # HTTPFactory declares ``protocol`` as making its HTTP/1.1-or-HTTP/2
+    # wrapper (_GenericHTTPChannelProtocol).  Its buildProtocol only sets
+    # attributes every HTTPChannel has (factory, timeOut, callLater), so a
+    # plain HTTPChannel subclass serves: HTTP/1.1, which is all this API speaks.
+    protocol = cast("Callable[[], http._GenericHTTPChannelProtocol]", _ClientCheckedChannel)
     requestFactory = BoundedRequest
 
-    def __init__(self, resource, client_acl=None, reactor=None, max_body_bytes=None):
-        super().__init__(resource, reactor=reactor)
+    def __init__(self, resource: IResource, client_acl: Optional[Iterable[str]] = None, reactor: Any = None,
+                 max_body_bytes: Optional[int] = None) -> None:
+        super().__init__(resource, reactor=reactor)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.max_body_bytes = max_body_bytes
         self.client_acl = frozenset(client_acl) if client_acl is not None else None
-        self.policy = None if client_acl is None else AccessPolicy.build(
+        self.policy = None if self.client_acl is None else AccessPolicy.build(
             self.client_acl, unlisted="no name is in --client-acl")
-        self.connections = set()
+        self.connections: Set[_ClientCheckedChannel] = set()
         self.noisy = False
 
-    def log(self, request):
+    def log(self, request: http.Request) -> None:
         """No access log: a busy member would spend its time writing it."""
 
-    def close_connections(self):
+    def close_connections(self) -> defer.Deferred[None]:
         """
         Abort every open connection.
 
@@ -131,7 +149,8 @@ class ClientCertificateSite(server.Site):
         """
         channels = list(self.connections)
         for channel in channels:
-            channel.transport.abortConnection()
+            # Every connection of the site is TCP, or TLS over TCP.
+            cast(ITCPTransport, channel.transport).abortConnection()
         return defer.DeferredList([channel.closed for channel in channels]).addCallback(lambda _: None)
 
 
@@ -189,10 +208,14 @@ class RaftService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config, app, members=(), reactor=None, http=None, client_acl=(), storage=None,
-                 transport=None, api=None, exit_on_failure=False, max_command_size=None,
-                 credentials=None, http_limits=HTTP_LIMITS, warnings=(), tune_gc=False):
-        super().__init__()
+    def __init__(self, config: RaftConfig, app: IRaftClient, members: Iterable[str] = (), reactor: Any = None,
+                 http: Optional[Tuple[str, int]] = None, client_acl: Optional[Iterable[str]] = (),
+                 storage: Optional[IStorage] = None, transport: Optional[ITransport] = None,
+                 api: Optional[Callable[[RaftService], IResource]] = None, exit_on_failure: bool = False,
+                 max_command_size: Optional[int] = None, credentials: Optional[TLSCredentials] = None,
+                 http_limits: ConnectionLimits = HTTP_LIMITS, warnings: Iterable[str] = (),
+                 tune_gc: bool = False) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.tune_gc = tune_gc
         if isinstance(members, str):
             raise TypeError("members must be a sequence of member ids, not a str")
@@ -213,37 +236,35 @@ class RaftService(service.MultiService):
         self.credentials = credentials
         self.http_guard = ConnectionGuard("http", http_limits, reactor)
         self.warnings = tuple(warnings)
-        self.transport = None
-        self.raft = None
-        self.metrics = None
-        self.ready = None
-        self.http_address = None
-        self._site = None
-        self._port = None
-        self._starting = None
+        self.transport: Optional[CountingTransport] = None
+        self.raft: Optional[Raft] = None
+        self.metrics: Optional[MemberMetrics] = None
+        self.ready: Optional[defer.Deferred[RaftService]] = None
+        self.http_address: Optional[Tuple[str, int]] = None
+        self._site: Optional[ClientCertificateSite] = None
+        self._port: Optional[IListeningPort] = None
+        self._starting: Optional[defer.Deferred[None]] = None
 
     # -- service ----------------------------------------------------------------
 
-    def startService(self):
+    def startService(self) -> None:
         """Start the member and its HTTP API; :attr:`ready` fires once both are up."""
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         for warning in self.warnings:
             self.log.warn("{warning}", warning=warning)
         self.ready = defer.Deferred()
         self._starting = defer.Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._failed)
 
-    def _load_credentials(self):
+    def _load_credentials(self) -> Optional[TLSCredentials]:
         """:returns: the member's credentials, loaded once; ``None`` when insecure."""
         if self.config.insecure:
             return None
         if self.credentials is None:
-            from txraft.transport.tls import TLSCredentials
-
             self.credentials = TLSCredentials.load(self.config.cert, self.config.key, self.config.ca)
         return self.credentials
 
-    def _member_transport(self):
+    def _member_transport(self) -> CountingTransport:
         """The transport the member is built with: the given one or AMP, counted for the metrics."""
         from txraft.defaults import default_transport
         from txraft.metrics import CountingTransport
@@ -254,7 +275,7 @@ class RaftService(service.MultiService):
             return self._transport
         return CountingTransport(self._transport)
 
-    async def _start(self):
+    async def _start(self) -> None:
         # Everything up to the first await runs within startService, so
         # ``raft`` is set on return unless building it failed (then ``ready``
         # fails with the reason, like any other failure to start).
@@ -269,7 +290,8 @@ class RaftService(service.MultiService):
         if self.metrics is not None:
             self.metrics.watch_reactor()
 
-    def _started(self, _):
+    def _started(self, _: None) -> None:
+        assert self.raft is not None and self.ready is not None  # set by startService and _start
         self._starting = None
         if self.tune_gc:
             tune_garbage_collector()
@@ -285,9 +307,10 @@ class RaftService(service.MultiService):
         self._check_identities()
         self.ready.callback(self)
 
-    def _check_identities(self):
+    def _check_identities(self) -> None:
         if self.config.insecure:
             return
+        assert self.raft is not None
         unbound = sorted(m for m in self.raft.members if m != self.raft.id and m not in self.config.peer_names)
         if unbound:
             self.log.warn(
@@ -295,10 +318,10 @@ class RaftService(service.MultiService):
                 "claim to be them (vote, lead) in requests; give them as NAME@HOST:PORT (docs/security.md, "
                 "'Claimed identity')", members=unbound)
 
-    def _check_descriptor_limit(self):
+    def _check_descriptor_limit(self) -> None:
         import resource
 
-        guards = [self.http_guard] if self.http_address is not None else []
+        guards: List[Optional[ConnectionGuard]] = [self.http_guard] if self.http_address is not None else []
         guards += [getattr(getattr(self.transport, "transport", None), "connection_guard", None)]
         needed = descriptor_budget(*(guard.limits for guard in guards if guard is not None))
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -307,7 +330,8 @@ class RaftService(service.MultiService):
                           "raise it (ulimit -n, LimitNOFILE; docs/deployment.md, 'Descriptors')",
                           soft=soft, needed=needed)
 
-    def _failed(self, failure):
+    def _failed(self, failure: Failure) -> None:
+        assert self.ready is not None  # set by startService
         self._starting = None
         reason = failure.getErrorMessage() or failure.type.__name__
         if failure.check(CorruptLog):
@@ -327,7 +351,7 @@ class RaftService(service.MultiService):
             self.reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
             self.reactor.stop()
 
-    def stopService(self):
+    def stopService(self) -> defer.Deferred[None]:
         """
         Stop the HTTP API (closing its connections), then the member: waiting
         requests fail, connections close and the log is flushed and closed.
@@ -337,7 +361,7 @@ class RaftService(service.MultiService):
         super_stop = super().stopService
         return defer.Deferred.fromCoroutine(self._stop(super_stop))
 
-    async def _stop(self, super_stop):
+    async def _stop(self, super_stop: Callable[[], Optional[defer.Deferred[None]]]) -> None:
         if self._starting is not None:
             # Let a start in progress finish (or fail) before undoing it.
             try:
@@ -360,7 +384,8 @@ class RaftService(service.MultiService):
 
     # -- the HTTP API -------------------------------------------------------------
 
-    async def _listen_http(self):
+    async def _listen_http(self) -> None:
+        assert self.http is not None
         resource = self.api(self)
         host, port = self.http
         credentials = self._load_credentials()
@@ -369,7 +394,7 @@ class RaftService(service.MultiService):
                                            max_body_bytes=self.max_command_size)
         endpoint = server_endpoint(self.reactor, host, port, credentials, self.http_guard)
         self._port = await endpoint.listen(self._site)
-        self.http_address = (host, self._port.getHost().port)
+        self.http_address = (host, cast(Union[IPv4Address, IPv6Address], self._port.getHost()).port)  # a TCP port
         if credentials is None:
             self.log.warn("HTTP API on {host}:{port} is INSECURE: plain HTTP, clients are not authenticated",
                           host=host, port=self.http_address[1])
@@ -380,7 +405,7 @@ class RaftService(service.MultiService):
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def tune_garbage_collector():
+def tune_garbage_collector() -> None:
     """
     Make the cyclic garbage collector's pauses rare: freeze the objects made
     so far (start-up: modules, the member) out of its reach and raise its
@@ -395,11 +420,12 @@ def tune_garbage_collector():
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _key_value_api(svc):
+def _key_value_api(svc: RaftService) -> IResource:
     """The default API: the key-value store's HTTP API with the member's metrics."""
     from txraft.http import create_api
     from txraft.metrics import MemberMetrics
 
+    assert svc.raft is not None  # the API is built once the member runs
     svc.metrics = MemberMetrics(svc.raft, transport=svc.transport)
     svc.metrics.watch_port(getattr(getattr(svc.transport, "transport", None), "connection_guard", None))
     svc.metrics.watch_port(svc.http_guard)
@@ -407,7 +433,7 @@ def _key_value_api(svc):
                       max_command_size=svc.max_command_size)
 
 
-def _exit_failed():
+def _exit_failed() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)

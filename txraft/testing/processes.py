@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from twisted.internet import defer, task
 
@@ -43,8 +44,12 @@ from txraft.http_client import Client, ClientError
 
 __all__ = ["LocalCluster", "Member", "SteadyWriter", "twistd_command", "free_port"]
 
+_T = TypeVar("_T")
+#: A member's ``/v1/status``, decoded from JSON.
+_Status = Dict[str, Any]
 
-def twistd_command():
+
+def twistd_command() -> List[str]:
     """:returns: the argv prefix that runs ``twistd`` with this Python."""
     script = os.path.join(os.path.dirname(sys.executable), "twistd")
     if os.path.exists(script):
@@ -52,7 +57,7 @@ def twistd_command():
     return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
 
-def free_port(host):
+def free_port(host: str) -> int:
     """
     :param str host: a local address.
     :returns: a TCP port free on ``host`` now (each member has its own
@@ -60,7 +65,8 @@ def free_port(host):
     """
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Member:
@@ -85,7 +91,7 @@ class Member:
         member added to a running cluster; empty for the founding ones.
     """
 
-    def __init__(self, name, host, port, http_port, directory):
+    def __init__(self, name: str, host: str, port: int, http_port: int, directory: str) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -93,16 +99,16 @@ class Member:
         self.id = f"{host}:{port}"
         self.logdir = os.path.join(directory, name)
         self.logfile = os.path.join(directory, name + ".out")
-        self.process = None
+        self.process: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
-        self.join = ()
+        self.join: Tuple[str, ...] = ()
 
     @property
-    def running(self):
+    def running(self) -> bool:
         """Whether its process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Member {self.name} {self.id}>"
 
 
@@ -129,8 +135,9 @@ class LocalCluster:
         without TLS.
     """
 
-    def __init__(self, directory, size=3, hosts=None, tls=True, extra_args=(), client_name="client",
-                 reactor=None, persistent=False):
+    def __init__(self, directory: str, size: int = 3, hosts: Optional[Sequence[str]] = None, tls: bool = True,
+                 extra_args: Iterable[str] = (), client_name: str = "client", reactor: Any = None,
+                 persistent: bool = False) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -139,11 +146,11 @@ class LocalCluster:
         self.extra_args = list(extra_args)
         self.client_name = client_name
         self.persistent = persistent
-        self._clients = {}
+        self._clients: Dict[Tuple[str, Optional[str], float], Client] = {}
         hosts = hosts or [f"127.0.0.{21 + i}" for i in range(size)]
         self.members = [Member(f"member{i + 1}", host, free_port(host), free_port(host), directory)
                         for i, host in enumerate(hosts)]
-        self.certs = None
+        self.certs: Optional[Dict[str, Tuple[str, str]]] = None
         if tls:
             from txraft.certs import write_cluster_certs
 
@@ -152,14 +159,14 @@ class LocalCluster:
 
     # -- processes ---------------------------------------------------------------
 
-    def argv(self, member):
+    def argv(self, member: Member) -> List[str]:
         """:returns: the command line that runs ``member``."""
         peers = ",".join(f"{m.name}@{m.id}" for m in self.members if not m.join or m is member)
         argv = twistd_command() + ["-n", "--pidfile=", "raft", "--listen", member.id, "--peers", peers,
                                    "--logdir", member.logdir, "--http", f"{member.host}:{member.http_port}"]
         if member.join:
             argv += ["--join", ",".join(member.join)]
-        if self.tls:
+        if self.certs is not None:
             cert, key = self.certs[member.name]
             argv += ["--cert", cert, "--key", key, "--ca", self.certs["ca"][0],
                      "--client-acl", self.client_name]
@@ -171,7 +178,7 @@ class LocalCluster:
             argv += ["--insecure"]
         return argv + self.extra_args
 
-    def start(self, member):
+    def start(self, member: Member) -> subprocess.Popen[bytes]:
         """
         Start ``member``'s process (its output goes to ``member.logfile``).
 
@@ -184,11 +191,11 @@ class LocalCluster:
         with open(member.logfile, "ab") as out:
             out.write(f"---- start {member.starts}\n".encode())
             out.flush()
-            member.process = subprocess.Popen(self.argv(member), stdout=out, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, cwd=self.directory)
-        return member.process
+            process = member.process = subprocess.Popen(self.argv(member), stdout=out, stderr=subprocess.STDOUT,
+                                                        stdin=subprocess.DEVNULL, cwd=self.directory)
+        return process
 
-    def new_member(self, join, host=None):
+    def new_member(self, join: Iterable[Member], host: Optional[str] = None) -> Member:
         """
         Make (but do not start) a member to add to the running cluster: a
         certificate from the cluster CA, free ports, and ``--join`` with the
@@ -199,7 +206,7 @@ class LocalCluster:
         number = len(self.members) + 1
         name = f"member{number}"
         host = host or f"127.0.0.{20 + number}"
-        if self.tls:
+        if self.certs is not None:
             from txraft.certs import write_cluster_certs
 
             self.certs.update(write_cluster_certs(os.path.join(self.directory, "certs"), [name]))
@@ -208,17 +215,17 @@ class LocalCluster:
         self.members.append(member)
         return member
 
-    def start_all(self):
+    def start_all(self) -> None:
         """Start every member's process."""
         for member in self.members:
             self.start(member)
 
-    def kill(self, member, sig=signal.SIGKILL):
+    def kill(self, member: Member, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to ``member``'s process (SIGKILL: no flushing, no goodbye)."""
-        if member.running:
+        if member.process is not None and member.running:
             member.process.send_signal(sig)
 
-    async def wait_exit(self, member, timeout=10.0):
+    async def wait_exit(self, member: Member, timeout: float = 10.0) -> Optional[int]:
         """:returns: the exit status of ``member``'s process, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while member.process is not None and member.process.poll() is None:
@@ -227,7 +234,7 @@ class LocalCluster:
             await self.sleep(0.02)
         return None if member.process is None else member.process.returncode
 
-    async def stop(self, timeout=10.0):
+    async def stop(self, timeout: float = 10.0) -> None:
         """Stop every process: SIGTERM, then SIGKILL for any still running after ``timeout``."""
         for member in self.members:
             self.kill(member, signal.SIGTERM)
@@ -238,7 +245,7 @@ class LocalCluster:
                 self.kill(member, signal.SIGKILL)
                 await self.wait_exit(member, 5.0)
 
-    def kill_all_now(self):
+    def kill_all_now(self) -> None:
         """SIGKILL and reap every process, synchronously (for teardown after errors)."""
         for member in self.members:
             if member.process is not None:
@@ -249,7 +256,7 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     pass
 
-    def output(self, member):
+    def output(self, member: Member) -> str:
         """:returns: what ``member``'s processes printed so far."""
         try:
             with open(member.logfile, encoding="utf-8", errors="replace") as f:
@@ -259,7 +266,7 @@ class LocalCluster:
 
     # -- clients and conditions ------------------------------------------------------
 
-    def client(self, member, name=None, timeout=15.0):
+    def client(self, member: Member, name: Optional[str] = None, timeout: float = 15.0) -> Client:
         """:returns: a :class:`txraft.http_client.Client` for ``member``'s API (client certificate ``name``)."""
         if self.persistent:
             cached = self._clients.get((member.id, name, timeout))
@@ -268,25 +275,25 @@ class LocalCluster:
             return cached
         return self._new_client(member, name, timeout)
 
-    async def close_clients(self):
+    async def close_clients(self) -> None:
         """Close the connections of persistent clients."""
         clients, self._clients = list(self._clients.values()), {}
         await defer.gatherResults([c.close() for c in clients])
 
-    def _new_client(self, member, name, timeout):
+    def _new_client(self, member: Member, name: Optional[str], timeout: float) -> Client:
         scheme = "https" if self.tls else "http"
         url = f"{scheme}://{member.host}:{member.http_port}"
-        if not self.tls:
+        if self.certs is None:
             return Client(url, insecure=True, timeout=timeout, reactor=self.reactor, persistent=self.persistent)
         cert, key = self.certs[name or self.client_name]
         return Client(url, cert, key, self.certs["ca"][0], timeout=timeout, reactor=self.reactor,
                       persistent=self.persistent)
 
-    def sleep(self, seconds):
+    def sleep(self, seconds: float) -> defer.Deferred[None]:
         """:returns: a Deferred firing after ``seconds`` on the cluster's reactor."""
         return task.deferLater(self.reactor, seconds, lambda: None)
 
-    async def status(self, member, timeout=2.0):
+    async def status(self, member: Member, timeout: float = 2.0) -> Optional[_Status]:
         """:returns: ``member``'s ``/v1/status``, or ``None`` when it does not answer."""
         if not member.running:
             return None
@@ -295,13 +302,14 @@ class LocalCluster:
         except ClientError:
             return None
 
-    async def statuses(self, members=None):
+    async def statuses(self, members: Optional[Sequence[Member]] = None) -> Dict[str, Optional[_Status]]:
         """:returns: member id -> its status (``None``: no answer), for ``members`` (default all)."""
         members = self.members if members is None else members
         results = await defer.gatherResults([defer.ensureDeferred(self.status(m)) for m in members])
         return dict(zip([m.id for m in members], results))
 
-    async def wait_for(self, condition, timeout, what, interval=0.05):
+    async def wait_for(self, condition: Callable[[], Awaitable[Optional[_T]]], timeout: float, what: str,
+                       interval: float = 0.05) -> _T:
         """
         Poll ``condition()`` (a coroutine function) until it returns a true
         value, and return it.
@@ -318,7 +326,8 @@ class LocalCluster:
                 raise TimeoutError(f"{what}: not within {timeout:g} s")
             await self.sleep(interval)
 
-    async def agreed_leader(self, members=None, timeout=20.0, exclude=()):
+    async def agreed_leader(self, members: Optional[Sequence[Member]] = None, timeout: float = 20.0,
+                            exclude: Iterable[str] = ()) -> Member:
         """
         Wait until every running member among ``members`` names the same
         leader, which says it leads, and is not in ``exclude``.
@@ -328,26 +337,27 @@ class LocalCluster:
         members = [m for m in (self.members if members is None else members) if m.running]
         by_id = {m.id: m for m in self.members}
 
-        async def agreed():
+        async def agreed() -> Optional[Member]:
             statuses = await self.statuses(members)
-            if any(s is None for s in statuses.values()):
+            answers = [s for s in statuses.values() if s is not None]
+            if len(answers) != len(statuses):
                 return None
-            leaders = {s["leader"] for s in statuses.values()}
+            leaders = {s["leader"] for s in answers}
             if len(leaders) != 1:
                 return None
             leader = leaders.pop()
             if not leader or leader in exclude or leader not in by_id:
                 return None
-            if statuses.get(leader, {}).get("role") != "leader":
+            if (statuses.get(leader) or {}).get("role") != "leader":
                 return None
             return by_id[leader]
 
         return await self.wait_for(agreed, timeout, "an agreed leader")
 
-    async def caught_up(self, member, index, timeout=20.0):
+    async def caught_up(self, member: Member, index: int, timeout: float = 20.0) -> None:
         """Wait until ``member`` has applied ``index``."""
 
-        async def applied():
+        async def applied() -> bool:
             s = await self.status(member)
             return s is not None and s["applied_index"] >= index
 
@@ -371,27 +381,29 @@ class SteadyWriter:
     :ivar skip: ids of members not to write through.
     """
 
-    def __init__(self, cluster, targets=None, timeout=10.0):
+    def __init__(self, cluster: LocalCluster, targets: Optional[Iterable[Member]] = None,
+                 timeout: float = 10.0) -> None:
         self.cluster = cluster
         self.targets = list(cluster.members if targets is None else targets)
-        self.skip = set()
+        self.skip: Set[str] = set()
         self.timeout = timeout
-        self.acknowledged = {}
-        self.times = []
+        self.acknowledged: Dict[str, bytes] = {}
+        self.times: List[float] = []
         self.failures = 0
         self._stopped = False
-        self._done = None
+        self._done: Optional[defer.Deferred[None]] = None
 
-    def start(self):
+    def start(self) -> None:
         """Begin writing."""
         self._done = defer.ensureDeferred(self._run())
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop writing; fires once the put in flight has finished."""
         self._stopped = True
+        assert self._done is not None, "stop() before start()"
         await self._done
 
-    async def _run(self):
+    async def _run(self) -> None:
         i = 0
         while not self._stopped:
             live = [m for m in self.targets if m.running and m.id not in self.skip]
@@ -410,20 +422,20 @@ class SteadyWriter:
                 self.times.append(time.monotonic())
                 self.acknowledged[key] = value.encode()
 
-    async def at_least(self, more, timeout=30.0, what="writes"):
+    async def at_least(self, more: int, timeout: float = 30.0, what: str = "writes") -> None:
         """Wait until ``more`` puts beyond those acknowledged so far are acknowledged."""
         target = len(self.acknowledged) + more
 
-        async def enough():
+        async def enough() -> bool:
             return len(self.acknowledged) >= target
 
         await self.cluster.wait_for(enough, timeout, f"{more} more {what}")
 
-    def gaps(self):
+    def gaps(self) -> List[float]:
         """:returns: the seconds between successive acknowledgements."""
         return [b - a for a, b in zip(self.times, self.times[1:])]
 
-    def longest_gap(self, start, end):
+    def longest_gap(self, start: float, end: float) -> float:
         """:returns: the longest time without an acknowledgement between monotonic times ``start`` and ``end``."""
         inside = [t for t in self.times if start <= t <= end]
         before = [t for t in self.times if t < start][-1:]
@@ -431,6 +443,6 @@ class SteadyWriter:
         points = before + inside + after
         return max((b - a for a, b in zip(points, points[1:])), default=float("nan"))
 
-    def rate(self, start, end):
+    def rate(self, start: float, end: float) -> float:
         """:returns: acknowledgements per second between monotonic times ``start`` and ``end``."""
         return sum(1 for t in self.times if start <= t <= end) / max(end - start, 1e-9)

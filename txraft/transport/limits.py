@@ -37,9 +37,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["ConnectionLimits", "ConnectionGuard", "GuardedFactory", "mark_admitted", "mark_established",
            "MEMBER_LIMITS", "HTTP_LIMITS", "descriptor_budget"]
@@ -76,7 +80,7 @@ MEMBER_LIMITS = ConnectionLimits(max_connections=128, max_per_source=8)
 HTTP_LIMITS = ConnectionLimits(max_connections=512, max_per_source=128)
 
 
-def descriptor_budget(*limits, others=64) -> int:
+def descriptor_budget(*limits: ConnectionLimits, others: int = 64) -> int:
     """
     :returns: the descriptors a member may need: every port's cap, plus
         ``others`` for its outgoing links, log and snapshot files and the
@@ -101,12 +105,12 @@ class ConnectionGuard:
 
     log = Logger()
 
-    def __init__(self, name, limits, clock):
+    def __init__(self, name: str, limits: ConnectionLimits, clock: IReactorTime) -> None:
         self.name = name
         self.limits = limits
         self.clock = clock
         self.open = 0
-        self.by_source = Counter()
+        self.by_source: Counter[str] = Counter()
         self.refused = {"port": 0, "source": 0}
         self.timed_out = {"handshake": 0, "idle": 0}
         self._full = False
@@ -228,14 +232,14 @@ def _guarded(transport):
     return None
 
 
-def mark_admitted(transport):
+def mark_admitted(transport: object) -> None:
     """The peer on ``transport`` passed the TLS handshake and the ACL (no-op on unguarded connections)."""
     connection = _guarded(transport)
     if connection is not None:
         connection.admitted()
 
 
-def mark_established(transport):
+def mark_established(transport: object) -> None:
     """The peer on ``transport`` sent a request: its connection is in use (no-op on unguarded connections)."""
     connection = _guarded(transport)
     if connection is not None:

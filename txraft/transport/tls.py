@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import FrozenSet, Mapping, Optional, Tuple
+from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -64,7 +64,7 @@ from zope.interface import implementer
 
 from txraft import certs
 from txraft.errors import ConfigurationError, Unauthorized
-from txraft.transport.limits import GuardedFactory, mark_admitted
+from txraft.transport.limits import ConnectionGuard, GuardedFactory, mark_admitted
 
 __all__ = [
     "TLSCredentials",
@@ -212,7 +212,8 @@ class _GuardedEndpoint:
         return self.tcp.listen(factory)
 
 
-def server_endpoint(reactor, host, port, credentials=None, guard=None):
+def server_endpoint(reactor: Any, host: str, port: int, credentials: Optional[TLSCredentials] = None,
+                    guard: Optional[ConnectionGuard] = None) -> IStreamServerEndpoint:
     """
     The endpoint a member or its HTTP API listens on.
 
