@@ -119,7 +119,8 @@ def txraft_child(args):
         cert=os.path.join(certs, names[args.index] + ".pem"), key=os.path.join(certs, names[args.index] + ".key"),
         ca=os.path.join(certs, "ca.pem"), acl=tuple(names), peer_names=dict(zip(ids, names)),
         request_timeout=10.0,
-        **({"max_uncommitted_entries": args.max_uncommitted_entries} if args.max_uncommitted_entries else {}))
+        **({"max_uncommitted_entries": args.max_uncommitted_entries} if args.max_uncommitted_entries else {}),
+        **({"trailing_entries": args.trailing_entries} if args.trailing_entries is not None else {}))
     store = KeyValueStore()
     raft = Raft(config, store, reactor=reactor)
     turns = TurnMonitor(reactor, Histogram("turns", "reactor turns", registry=CollectorRegistry()))
@@ -436,6 +437,8 @@ def start_cluster(system, args, directory, log):
                 argv.append("--gc-tuned")
             if getattr(args, "max_uncommitted_entries", None):
                 argv += ["--max-uncommitted-entries", str(args.max_uncommitted_entries)]
+            if getattr(args, "trailing_entries", None) is not None:
+                argv += ["--trailing-entries", str(args.trailing_entries)]
             children.append(Child(argv, env, log))
         for child in children:
             child.read()  # ready
@@ -504,6 +507,8 @@ def main():
                         help="txraft members freeze start-up objects and collect garbage less often")
     parser.add_argument("--max-uncommitted-entries", type=int,
                         help="txraft RaftConfig.max_uncommitted_entries (default: txraft's own default)")
+    parser.add_argument("--trailing-entries", type=int,
+                        help="txraft RaftConfig.trailing_entries (default: txraft's own default)")
     parser.add_argument("--workdir", help="where the members' directories go (default: a temporary one)")
     parser.add_argument("--child", choices=("txraft", "pysyncobj"), help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)

@@ -57,7 +57,9 @@ class RaftConfig:
     :ivar trailing_entries: entries the disk log keeps before a snapshot's
         index when it compacts, so that a follower a little behind is sent
         those entries rather than the whole snapshot (hashicorp/raft's
-        ``TrailingLogs``, etcd's ``SnapshotCatchUpEntries``).
+        ``TrailingLogs``, etcd's ``SnapshotCatchUpEntries``).  The disk store
+        copies them into the new log file on the reactor thread, about 20 us
+        an entry: keep it within ``turn_budget``'s reach.
     :ivar request_timeout: seconds ``append()`` waits for its command to be
         applied before it fails with :class:`txraft.errors.Timeout`.
     :ivar rpc_timeout: seconds a member RPC may take before it is abandoned.
@@ -108,7 +110,7 @@ class RaftConfig:
     heartbeat: float = 0.1
     election_timeout: Optional[float] = None
     snapshot_threshold: int = 10000
-    trailing_entries: int = 5000
+    trailing_entries: int = 1000
     request_timeout: float = 10.0
     rpc_timeout: float = 2.0
     max_batch_bytes: int = 60 * 1024
