@@ -57,6 +57,15 @@ def rss_mb(pid="self"):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: RaftConfig settings the command line may override (option --NAME-WITH-DASHES).
+CONFIG_OPTIONS = ("max_uncommitted_entries", "trailing_entries")
+
+
+def config_overrides(args):
+    """:returns: ``{setting: value}`` of the RaftConfig settings given on the command line."""
+    return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
+
+
 def percentiles(latencies):
     if not latencies:
         return {"p50_ms": None, "p99_ms": None}
@@ -119,8 +128,7 @@ def txraft_child(args):
         cert=os.path.join(certs, names[args.index] + ".pem"), key=os.path.join(certs, names[args.index] + ".key"),
         ca=os.path.join(certs, "ca.pem"), acl=tuple(names), peer_names=dict(zip(ids, names)),
         request_timeout=10.0,
-        **({"max_uncommitted_entries": args.max_uncommitted_entries} if args.max_uncommitted_entries else {}),
-        **({"trailing_entries": args.trailing_entries} if args.trailing_entries is not None else {}))
+        **config_overrides(args))
     store = KeyValueStore()
     raft = Raft(config, store, reactor=reactor)
     turns = TurnMonitor(reactor, Histogram("turns", "reactor turns", registry=CollectorRegistry()))
@@ -435,10 +443,8 @@ def start_cluster(system, args, directory, log):
                     "--heartbeat", str(args.heartbeat), "--election-timeout", str(args.election_timeout)]
             if getattr(args, "gc_tuned", False):
                 argv.append("--gc-tuned")
-            if getattr(args, "max_uncommitted_entries", None):
-                argv += ["--max-uncommitted-entries", str(args.max_uncommitted_entries)]
-            if getattr(args, "trailing_entries", None) is not None:
-                argv += ["--trailing-entries", str(args.trailing_entries)]
+            for name, value in config_overrides(args).items():
+                argv += ["--" + name.replace("_", "-"), str(value)]
             children.append(Child(argv, env, log))
         for child in children:
             child.read()  # ready

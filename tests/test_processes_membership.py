@@ -77,13 +77,27 @@ async def cluster(tmp_path):
             print(f"---- {member.name} output (tail)\n" + "\n".join(local.output(member).splitlines()[-20:]))
 
 
+async def writing(cluster, members):
+    """:returns: a started SteadyWriter through ``members``, once it has 20 acknowledged writes."""
+    writer = SteadyWriter(cluster, members)
+    writer.start()
+    await writer.at_least(20)
+    return writer
+
+
+async def finish_writing(cluster, writer, members):
+    """Write 20 more through ``members``, stop, and check every acknowledged write is on each of them."""
+    writer.targets = members
+    await writer.at_least(20)
+    await writer.stop()
+    await check_every_write(cluster, members, writer.acknowledged)
+
+
 @pytest_twisted.ensureDeferred
 async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
     async def body():
         founders = list(cluster.members)
-        writer = SteadyWriter(cluster, founders)
-        writer.start()
-        await writer.at_least(20)
+        writer = await writing(cluster, founders)
         added = []
         for _ in range(2):
             new = cluster.new_member(join=founders)
@@ -98,10 +112,7 @@ async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
             await change(cluster, added, lambda c, gone=gone: c.remove_member(gone.id))
         remaining = [founders[2]] + added
         await wait_voters(cluster, added[0], [m.id for m in remaining])
-        writer.targets = remaining
-        await writer.at_least(20)
-        await writer.stop()
-        await check_every_write(cluster, remaining, writer.acknowledged)
+        await finish_writing(cluster, writer, remaining)
         print(f"{len(writer.acknowledged)} writes acknowledged, {writer.failures} unknown; "
               f"longest gap {max(writer.gaps()):.3f} s")
 
@@ -112,9 +123,7 @@ async def test_grow_3_to_5_and_back_to_3_while_writing(cluster):
 async def test_replace_a_member_killed_with_kill_9(cluster):
     async def body():
         founders = list(cluster.members)
-        writer = SteadyWriter(cluster, founders)
-        writer.start()
-        await writer.at_least(20)
+        writer = await writing(cluster, founders)
         dead = founders[1]
         cluster.kill(dead)
         await cluster.wait_exit(dead)
@@ -127,10 +136,7 @@ async def test_replace_a_member_killed_with_kill_9(cluster):
         await change(cluster, survivors, lambda c: c.remove_member(dead.id))
         final = survivors + [new]
         await wait_voters(cluster, survivors[0], [m.id for m in final], timeout=40)
-        writer.targets = final
-        await writer.at_least(20)
-        await writer.stop()
-        await check_every_write(cluster, final, writer.acknowledged)
+        await finish_writing(cluster, writer, final)
 
     await bounded(150, body())
 
@@ -139,9 +145,7 @@ async def test_replace_a_member_killed_with_kill_9(cluster):
 async def test_rolling_restart_with_sigterm_while_writing(cluster):
     async def body():
         members = list(cluster.members)
-        writer = SteadyWriter(cluster, members)
-        writer.start()
-        await writer.at_least(20)
+        writer = await writing(cluster, members)
         for member in members:
             cluster.kill(member, signal.SIGTERM)
             assert await cluster.wait_exit(member, timeout=20) in (0, -signal.SIGTERM)

@@ -105,7 +105,14 @@ def test_ctrl_c_cleans_up(tmp_path):
         # Interrupt once the run is under way: load running and a second fault begun.
         deadline = time.monotonic() + 90
         journal = os.path.join(out, "faults.jsonl")
-        while not (os.path.exists(journal) and len(open(journal).readlines()) >= 2):
+
+        def faults_begun():
+            if not os.path.exists(journal):
+                return 0
+            with open(journal) as f:
+                return sum(1 for _ in f)
+
+        while faults_begun() < 2:
             assert time.monotonic() < deadline, "no fault began"
             assert child.poll() is None, child.communicate()
             time.sleep(0.1)  # polling another process's file for a condition, with a deadline
