@@ -40,7 +40,7 @@ import struct
 import typing
 from dataclasses import dataclass
 from dataclasses import fields as _dataclass_fields
-from typing import Any, Callable, Mapping, Tuple
+from typing import Any, Callable, Iterable, Mapping, Optional, Tuple
 
 import msgpack
 
@@ -48,7 +48,7 @@ from txraft import messages as m
 
 __all__ = [
     "Kind", "OutOfRange", "UINT", "TEXT", "FLAG", "BYTES", "TEXTS", "ENTRY_KIND", "REQUEST_ID", "OPTIONAL_REQUEST_ID", "ENTRIES",
-    "unpack_entries", "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
+    "unpack_entries", "packed_entry", "pack_entries", "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
     "SNAPSHOT_HEADER_MAGIC", "encode_snapshot_header", "decode_snapshot_header",
 ]
 
@@ -78,6 +78,7 @@ TAGS = {
     m.TransferLeadership: 28,
     m.TransferLeadershipReply: 29,
 }
+_ENTRY_TAG = TAGS[m.Entry]
 _TYPES = {tag: cls for cls, tag in TAGS.items()}
 
 
@@ -99,6 +100,9 @@ class Kind:
     name: str
     dump: Callable[[Any], Any]
     load: Callable[[Any, str], Any]
+    #: value -> the msgpack bytes of its wire form, for a kind that can make
+    #: them faster than ``msgpack.packb(dump(value))`` (``None``: it cannot).
+    pack: Optional[Callable[[Any], bytes]] = None
 
 
 def _same(value):
@@ -157,6 +161,38 @@ def _dump_entries(entries):
     return [to_wire(entry) for entry in entries]
 
 
+def packed_entry(entry: m.Entry) -> bytes:
+    """
+    :returns: the msgpack bytes of ``entry`` (as :func:`encode` makes them),
+        encoded once per entry object and kept on it.  A leader writes each
+        entry to its disk log and sends it to every follower; a follower
+        writes the bytes the leader sent.
+    """
+    try:
+        return entry.__dict__["_packed"]
+    except KeyError:
+        # to_wire(entry), spelt out: this runs for every entry a leader logs.
+        rid = entry.request_id
+        wire = [_ENTRY_TAG, entry.term, entry.index, int(entry.kind), entry.data,
+                None if rid is None else [rid.session, rid.seq, rid.lowest_pending]]
+        raw = entry.__dict__["_packed"] = msgpack.packb(wire, use_bin_type=True)
+        return raw
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def pack_entries(entries: Iterable[m.Entry]) -> bytes:
+    """:returns: the msgpack bytes of an :data:`ENTRIES` field: an array of the entries' :func:`packed_entry` bytes."""
+    packed = [packed_entry(entry) for entry in entries]
+    return _array_header(len(packed)) + b"".join(packed)
+
+
 # The fewest bytes an entry takes in msgpack: a 6-array, tag, term, index,
 # kind, empty bin, nil.
 _MIN_ENTRY_BYTES = 8
@@ -173,21 +209,24 @@ def unpack_entries(raw: bytes) -> list:
     proportion to its size, whatever its bytes, instead of one Python object
     per byte (a list of 8 MiB of empty arrays took 75 times its size).
 
-    :returns: the wire form, for :func:`from_fields` to check as usual.
+    :returns: the wire form, for :func:`from_fields` to check as usual; it
+        also keeps each entry's bytes, which a follower writes to its log as
+        they came instead of encoding the entry again.
     :raises ValueError: naming what is malformed.
     """
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=max(len(raw), 1),
                                 max_array_len=0, max_map_len=0, max_ext_len=0,
                                 max_str_len=len(raw), max_bin_len=len(raw))
     unpacker.feed(raw)
-    header, item = unpacker.read_array_header, unpacker.unpack
+    header, item, tell = unpacker.read_array_header, unpacker.unpack, unpacker.tell
     try:
         count = header()
         if count > len(raw) // _MIN_ENTRY_BYTES:
             raise ValueError(f"{count} entries cannot fit in {len(raw)} bytes")
         if count > m.MAX_ENTRIES:
             raise ValueError(f"{count} entries are more than the {m.MAX_ENTRIES} one request may carry")
-        entries = []
+        entries = _WireEntries()
+        entries.start, ends = tell(), entries.ends
         for _ in range(count):
             if header() != 6:
                 raise ValueError("an entry must be an array of 6 values")
@@ -206,9 +245,11 @@ def unpack_entries(raw: bytes) -> list:
                     raise ValueError("a request id's values cannot be arrays")
                 entry.append(request_id)
             entries.append(entry)
+            ends.append(tell())
         try:
             item()
         except msgpack.OutOfData:
+            entries.raw = raw
             return entries
         raise ValueError("extra data after the entries")
     except msgpack.OutOfData:
@@ -219,17 +260,50 @@ def unpack_entries(raw: bytes) -> list:
         raise ValueError(f"entries are not valid msgpack: {error}") from None
 
 
+class _WireEntries(list):
+    """The wire forms :func:`unpack_entries` read, and where each entry's bytes end in ``raw``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = 0
+        self.ends: list = []
+        self.raw = b""
+
+
+_KINDS = {kind.value: kind for kind in m.EntryKind}
+
+
 def _load_entries(value, what):
-    if type(value) is not list:
+    if not isinstance(value, list):
         raise ValueError(f"{what} must be a list")
-    # Inlined _load_record: batches of thousands of entries pass through here.
-    tag, loaders, entry = TAGS[m.Entry], _LOADERS[m.Entry], m.Entry
-    size = len(loaders) + 1
+    # Batches of thousands of entries pass through here: the usual shape is
+    # checked inline, and anything else goes through the loaders of the
+    # schema, which name what is wrong.
+    tag, loaders, entry, request_id = TAGS[m.Entry], _LOADERS[m.Entry], m.Entry, m.RequestId
+    size, limit, kinds = len(loaders) + 1, m.NUMBER_LIMIT, _KINDS
     entries = []
     for item in value:
         if type(item) is not list or len(item) != size or item[0] != tag:
             raise ValueError(f"{what} must hold only entries, got {item!r:.60}")
+        _, term, index, kind, data, rid = item
+        if (type(term) is int and type(index) is int and 0 <= term < limit and 0 <= index < limit
+                and type(kind) is int and kind in kinds and type(data) is bytes):
+            if rid is None:
+                entries.append(entry(term, index, kinds[kind], data, None))
+                continue
+            if (type(rid) is list and len(rid) == 3 and type(rid[0]) is str and type(rid[1]) is int
+                    and type(rid[2]) is int and 0 <= rid[1] < limit and 0 <= rid[2] < limit):
+                entries.append(entry(term, index, kinds[kind], data, request_id(*rid)))
+                continue
         entries.append(entry(*map(operator.call, loaders, item[1:])))
+    ends = getattr(value, "ends", None)
+    if ends is not None:
+        # Keep the bytes each entry came in: they are its encoding (a valid
+        # msgpack of a wire form just checked), written to the log as they are.
+        raw, start = value.raw, value.start
+        for loaded, end in zip(entries, ends):
+            loaded.__dict__["_packed"] = raw[start:end]
+            start = end
     return tuple(entries)
 
 
@@ -252,7 +326,7 @@ OPTIONAL_REQUEST_ID = Kind("optional request id", lambda rid: None if rid is Non
                            _load_optional_request_id)
 #: A tuple of :class:`~txraft.messages.Entry`: a list of tagged entries, each
 #: as :func:`to_wire` makes it; AMP fragments large ones.
-ENTRIES = Kind("entries", _dump_entries, _load_entries)
+ENTRIES = Kind("entries", _dump_entries, _load_entries, pack_entries)
 
 _SCALAR_KINDS = {int: UINT, str: TEXT, bool: FLAG, bytes: BYTES, m.EntryKind: ENTRY_KIND, m.RequestId: REQUEST_ID}
 _SEQUENCE_KINDS = {str: TEXTS, m.Entry: ENTRIES}
@@ -312,17 +386,20 @@ def _load_record(cls, values, what):
 # -- messages <-> wire forms ---------------------------------------------------
 
 
-def to_fields(value) -> dict:
+def to_fields(value, packed: bool = False) -> dict:
     """
     :returns: ``{field name: wire form}`` for a value of :mod:`txraft.messages`
         (the AMP transport sends each as one argument).
+    :param packed: give the fields of a kind that can pack itself
+        (:attr:`Kind.pack`: entries) as their msgpack bytes instead.
     :raises TypeError: for a type that is not part of the schema.
     """
     try:
         schema = _SCHEMA[type(value)]
     except KeyError:
         raise TypeError(f"cannot encode {type(value).__name__}") from None
-    return {name: kind.dump(getattr(value, name)) for name, kind, _ in schema}
+    return {name: (kind.pack if packed and kind.pack is not None else kind.dump)(getattr(value, name))
+            for name, kind, _ in schema}
 
 
 def from_fields(cls, values: Mapping[str, Any]):
@@ -371,6 +448,8 @@ def from_wire(raw):
 
 def encode(value) -> bytes:
     """Encode one value from :mod:`txraft.messages` to bytes."""
+    if type(value) is m.Entry:
+        return packed_entry(value)
     return msgpack.packb(to_wire(value), use_bin_type=True)
 
 

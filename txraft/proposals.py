@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from txraft import errors
 from txraft import messages as m
@@ -267,7 +268,18 @@ class Proposals(RaftObserver):
         if not self.core.leader:
             return  # with no leader known, wait for leader_changed
         pending.submissions += 1
-        d = self.core.propose(pending.command, self._request_id(pending))
+        core = self.core
+        if core.leader == core.id:
+            # Placed at once, here, without a Deferred: the common path
+            # under load on the leader.
+            try:
+                placed = core.place(pending.command, self._request_id(pending))
+            except errors.RaftError as error:
+                self._refused(pending, Failure(error))
+            else:
+                self._placed_at(pending, *placed)
+            return
+        d = core.propose(pending.command, self._request_id(pending))
         d.addCallbacks(lambda placed: self._placed_at(pending, *placed),
                        lambda failure: self._refused(pending, failure))
 

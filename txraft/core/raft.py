@@ -415,7 +415,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
             raise errors.InvalidRequest(f"{what} {sender!r} is not another member of this cluster")
 
     def _handle_forward_append(self, req: m.ForwardAppend) -> m.ForwardAppendReply:
-        term, index = self._place(req.command, req.request_id)
+        term, index = self.place(req.command, req.request_id)
         return m.ForwardAppendReply(term, index)
 
     def _handle_get_members(self, req: m.GetMembers) -> m.GetMembersReply:

@@ -18,7 +18,7 @@ than spelled as ``if role == ...`` in the core.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Deque, Dict, Literal, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Literal, Optional, Tuple
 
 from txraft import errors
 from txraft.core.progress import Progress
@@ -26,6 +26,7 @@ from txraft.core.waiters import Waiters
 from txraft.messages import AppendEntries, Role
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IDelayedCall
     from twisted.internet.task import LoopingCall
 
@@ -117,6 +118,9 @@ class Leader(_RoleState):
 
     :ivar progress: peer id -> :class:`~txraft.core.progress.Progress`.
     :ivar own_durable: highest own entry known durable in this term.
+    :ivar own_awaited: whether a callback waits for an own append to be durable.
+    :ivar own_latest: ``(Deferred, index)`` of the latest own append issued
+        while one was awaited (its durability is awaited next), or ``None``.
     :ivar heartbeat: the ``LoopingCall`` sending heartbeats.
     :ivar broadcast_call: the end-of-turn broadcast scheduled, or ``None``.
     :ivar commit_news: the next broadcast must carry a new commit index.
@@ -137,7 +141,7 @@ class Leader(_RoleState):
         is one the leader accepts no new command.
     """
 
-    __slots__ = ("term", "progress", "own_durable", "heartbeat", "broadcast_call", "commit_news",
+    __slots__ = ("term", "progress", "own_durable", "own_awaited", "own_latest", "heartbeat", "broadcast_call", "commit_news",
                  "round", "sent_rounds", "reads", "read_call", "uncommitted", "uncommitted_bytes",
                  "turn_start", "transfer")
     role = Role.LEADER
@@ -147,6 +151,8 @@ class Leader(_RoleState):
         self.term = term
         self.progress = progress
         self.own_durable = 0
+        self.own_awaited = False
+        self.own_latest: Optional[Tuple[Deferred[Any], int]] = None
         self.heartbeat: Optional[LoopingCall] = None
         self.broadcast_call: Optional[IDelayedCall] = None
         self.commit_news = False

@@ -465,7 +465,7 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
         :raises TransportError: when the reply is malformed.
         """
         command = commands.COMMANDS[type(message)]
-        arguments = codec.to_fields(message)
+        arguments = codec.to_fields(message, packed=True)
         limit = self.context.max_message_bytes
         while self._upload_waiters is not None:
             # An earlier request is still uploading fragments: sending this
@@ -476,7 +476,9 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             await turn
         uploads = []
         for key, argument in _BLOBS[command]:
-            raw = argument.encode(arguments[key])
+            value = arguments[key]
+            # Entries come packed already (each encoded once, for every follower and the disk).
+            raw = value if argument.packed and isinstance(value, bytes) else argument.encode(value)
             if len(raw) > limit:
                 raise e.InvalidRequest(f"{command.__name__}.{key} is {len(raw)} bytes; the limit is {limit}")
             if len(raw) > FRAGMENT_SIZE:

@@ -1,0 +1,67 @@
+"""
+A leader counts its own log towards a commit only once its entries are
+durable, and it learns that once per group commit of its disk, not once per
+append: the commit check runs a few times per group, whatever its size, and
+no append's durability is lost between groups.
+"""
+
+from unittest import mock
+
+from twisted.internet.task import Clock
+
+from txraft.core import replication
+from txraft.storage.memory import MemoryStorage
+from tests.core.harness import B, C, acknowledge, make_core
+
+import txraft.messages as m
+
+
+def leader_with_slow_disk():
+    clock = Clock()
+    core = make_core(storage=MemoryStorage(clock, fsync_delay=0.002), clock=clock)
+    core.start_election()
+    clock.advance(0.01)  # the vote for itself is durable: it asks the others
+    for _, request, d in core.transport.take(m.RequestVote):
+        d.callback(m.RequestVoteReply(request.term, True))
+    assert core.role == "leader"
+    clock.advance(0.01)  # the new term's first entry is durable
+    acknowledge_everything(core)
+    assert core.commit_index == core.storage.last_index
+    return core, clock
+
+
+def acknowledge_everything(core, peers=(B, C)):
+    for peer, request, _ in core.transport.take(m.AppendEntries):
+        if peer in peers:
+            acknowledge(core, peer, request, core.storage.last_index)
+
+
+def test_appends_spanning_several_group_commits_all_count_towards_the_commit():
+    core, clock = leader_with_slow_disk()
+    for _ in range(10):
+        core.place(b"x", None)
+    clock.advance(0.001)  # the first group commit has not run yet: these join it
+    for _ in range(10):
+        core.place(b"y", None)
+    clock.advance(0.0015)  # the first group is durable; the next ones go to a later one
+    for _ in range(10):
+        core.place(b"z", None)
+    last = core.storage.last_index
+    clock.advance(0)  # the end-of-turn broadcast
+    acknowledge_everything(core, peers=[B])  # with the leader, a quorum of three
+    assert core.commit_index < last  # B has it all, the leader's disk not yet
+    clock.advance(0.01)
+    assert core.commit_index == last
+    assert core.applied_index == last
+
+
+def test_a_group_commit_of_many_appends_costs_a_few_commit_checks():
+    core, clock = leader_with_slow_disk()
+    for _ in range(200):
+        core.place(b"x", None)
+    clock.advance(0)
+    acknowledge_everything(core, peers=[B])  # B first: only the leader's disk holds the commit back
+    with mock.patch.object(replication, "committable", wraps=replication.committable) as checks:
+        clock.advance(0.01)
+    assert core.commit_index == core.storage.last_index
+    assert checks.call_count <= 2
