@@ -50,3 +50,9 @@ def test_an_unknown_or_missing_argument_is_refused():
         commands.RequestVote.makeArguments({"term": 7}, None)
     with pytest.raises(KeyError):
         commands.RequestVote.parseArguments(commands.Box({b"term": b"7"}), None)
+
+
+def test_a_command_made_without_a_required_argument_is_refused():
+    with pytest.raises(amp.InvalidSignature, match="forgot candidate, last_log_index"):
+        commands.RequestVote(term=7, last_log_term=1, pre_vote=False, disrupt=False)
+    assert commands.Fragment(blob=1, data=b"").structured == {"blob": 1, "data": b""}  # optional ones may be left out

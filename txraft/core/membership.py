@@ -22,6 +22,7 @@ count towards a majority::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
@@ -89,19 +90,26 @@ class Configuration:
     def _groups(self) -> Tuple[Tuple[Member, ...], ...]:
         return (self.members,) if self.old is None else (self.members, self.old)
 
-    @property
+    # A configuration never changes, and the commit rule asks for its voters
+    # on every acknowledgement: what is derived from it is worked out once.
+
+    @functools.cached_property
     def ids(self) -> Tuple[str, ...]:
         """Every member id of either set, sorted."""
         return tuple(sorted({m.id for group in self._groups() for m in group}))
 
+    @functools.cached_property
+    def _voting_sets(self) -> Tuple[FrozenSet[str], ...]:
+        return tuple(frozenset(m.id for m in group if m.voter) for group in self._groups())
+
     def voting_sets(self) -> List[FrozenSet[str]]:
         """:returns: the voter ids of each set that must agree (one, or two while joint)."""
-        return [frozenset(m.id for m in group if m.voter) for group in self._groups()]
+        return list(self._voting_sets)
 
-    @property
+    @functools.cached_property
     def voters(self) -> FrozenSet[str]:
         """Ids that vote in either set."""
-        return frozenset().union(*self.voting_sets())
+        return frozenset().union(*self._voting_sets)
 
     def is_voter(self, member_id: str) -> bool:
         return member_id in self.voters
@@ -121,7 +129,7 @@ class Configuration:
     def has_majority(self, ids: Iterable[str]) -> bool:
         """:returns: whether ``ids`` hold a majority of the voters of every set."""
         ids = set(ids)
-        for voters in self.voting_sets():
+        for voters in self._voting_sets:
             if not voters or len(voters & ids) < quorum.majority(len(voters)):
                 return False
         return True
@@ -133,7 +141,7 @@ class Configuration:
             reached (0 when a set has no voters).
         """
         best = None
-        for voters in self.voting_sets():
+        for voters in self._voting_sets:
             if not voters:
                 return 0
             reached = quorum.quorum_index([values.get(i, 0) for i in voters])

@@ -65,6 +65,7 @@ from txraft import errors
 from txraft import messages as m
 from txraft.config import RaftConfig
 from txraft.core.compaction import Compaction
+from txraft.core.deadlines import Deadlines
 from txraft.core.election import Election
 from txraft.core.membership import Configuration
 from txraft.core.observers import ClientObserver, Observers
@@ -168,6 +169,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
         self.clock = clock
         self.rng = rng
         self.config = config
+        self._deadlines = Deadlines(clock, config.rpc_timeout)
 
         self.state: RoleState = Follower()
         self.leader = ""
@@ -254,6 +256,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
             return
         self._enter(Stopped(), errors.Stopped(f"member {self.id} stopped"))
         self._cancel_election_timer()
+        self._deadlines.stop()
         if self._apply_call is not None and self._apply_call.active():
             self._apply_call.cancel()
         self._apply_call = None
@@ -325,9 +328,7 @@ class RaftCore(Election, Replication, SnapshotTransfer, Reads, Compaction, Recon
     # -- sending and replies -------------------------------------------------------------
 
     def _call(self, peer: str, request: object) -> defer.Deferred[Any]:
-        d = self.transport.send(peer, request)
-        d.addTimeout(self.config.rpc_timeout, self.clock)
-        return d
+        return self._deadlines.watch(self.transport.send(peer, request))
 
     def _send(self, peer: str, request: ProtocolRequest) -> None:
         """Send a protocol request; its reply or failure comes back through :meth:`receive_reply`."""

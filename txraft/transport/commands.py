@@ -77,12 +77,17 @@ class MemberCommand(amp.Command):
 
     commandType = responseType = Box
 
+    def __init__(self, **kw):
+        # As amp.Command's, with the required names worked out once per command.
+        self.structured = kw
+        forgotten = [name for name in _names(type(self))[1] if name not in kw]
+        if forgotten:
+            raise amp.InvalidSignature(f"forgot {', '.join(forgotten)} for {self.commandName}")
+
     @classmethod
     def makeArguments(cls, objects, proto):
         # As amp.Command's, with the allowed names worked out once per command.
-        allowed = _ALLOWED.get(cls)
-        if allowed is None:
-            allowed = _ALLOWED[cls] = {name.decode("ascii") for name, _ in cls.arguments}
+        allowed = _names(cls)[0]
         for name in objects:
             if name not in allowed:
                 raise amp.InvalidSignature(f"{name} is not a valid argument")
@@ -92,7 +97,17 @@ class MemberCommand(amp.Command):
         return strings
 
 
-_ALLOWED: dict = {}
+# command -> (the Python names of its arguments, those of the required ones).
+_NAMES: dict = {}
+
+
+def _names(command):
+    names = _NAMES.get(command)
+    if names is None:
+        names = _NAMES[command] = (frozenset(name.decode("ascii") for name, _ in command.arguments),
+                                   tuple(name.decode("ascii") for name, argument in command.arguments
+                                         if not argument.optional))
+    return names
 
 
 class Members(MemberCommand):
