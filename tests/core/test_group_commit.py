@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from txraft.core import replication
 from txraft.storage.memory import MemoryStorage
-from tests.core.harness import B, C, acknowledge, make_core
+from tests.core.harness import B, C, acknowledge, elect, make_core
 
 import txraft.messages as m
 
@@ -65,3 +65,48 @@ def test_a_group_commit_of_many_appends_costs_a_few_commit_checks():
         clock.advance(0.01)
     assert core.commit_index == core.storage.last_index
     assert checks.call_count <= 2
+
+
+def test_commit_news_is_not_sent_to_a_follower_that_was_just_sent_it():
+    # A single writer on the leader: B answers, the entry commits, the writer
+    # appends again at once; B is sent the next entry with the new commit
+    # index right away, so the end-of-turn broadcast owes B nothing more.
+    core = elect(make_core())
+    acknowledge_everything(core)
+    clock = core.clock
+    apply = core.client.apply
+
+    def writer(command, index):
+        if command == b"x":
+            core.place(b"y", None)  # the writer appends again as soon as x is applied
+        return apply(command, index)
+
+    core.client.apply = writer
+    core.place(b"x", None)
+    clock.advance(0)
+    sent = core.transport.take(m.AppendEntries)
+    assert sorted(peer for peer, _, _ in sent) == [B, C]
+    x = core.storage.last_index
+    for peer, request, _ in sent:
+        if peer == B:
+            acknowledge(core, B, request, x)
+    assert core.commit_index == x and core.storage.last_index == x + 1  # x committed, and y placed
+    clock.advance(0)
+    sent = core.transport.take(m.AppendEntries)
+    assert sorted((peer, len(request.entries)) for peer, request, _ in sent) == [(B, 1), (C, 1)]
+    assert all(request.leader_commit == core.commit_index for _, request, _ in sent)
+
+
+def test_commit_news_still_reaches_followers_with_nothing_new_to_receive():
+    core = elect(make_core())
+    acknowledge_everything(core)
+    clock = core.clock
+    core.place(b"x", None)
+    clock.advance(0)
+    for peer, request, _ in core.transport.take(m.AppendEntries):
+        if peer == B:
+            acknowledge(core, B, request, core.storage.last_index)
+    clock.advance(0)
+    news = core.transport.take(m.AppendEntries)
+    assert sorted(peer for peer, _, _ in news) == [B, C]
+    assert all(not request.entries and request.leader_commit == core.commit_index for _, request, _ in news)

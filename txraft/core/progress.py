@@ -23,7 +23,7 @@ class Progress:
 
     __slots__ = (
         "peer", "next_index", "match_index", "inflight", "probing",
-        "snapshot", "snapshot_offset", "snapshot_request", "last_reply", "acked_round",
+        "snapshot", "snapshot_offset", "snapshot_request", "last_reply", "acked_round", "sent_commit",
     )
 
     def __init__(self, peer: str, next_index: int, now: float) -> None:
@@ -41,6 +41,8 @@ class Progress:
         self.last_reply = now
         #: Highest heartbeat round this follower answered (ReadIndex).
         self.acked_round = 0
+        #: The commit index the latest AppendEntries sent to it carried.
+        self.sent_commit = 0
 
     def close_snapshot(self) -> None:
         """Stop sending a snapshot: close its source and forget the chunk in flight."""

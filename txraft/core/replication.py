@@ -242,7 +242,10 @@ class Replication(CoreState):
         if self.state is not leader:
             return
         for peer in list(leader.progress):
-            if not self._replicate(leader, peer) and commit:
+            if (not self._replicate(leader, peer) and commit
+                    and peer in leader.progress and leader.progress[peer].sent_commit < self.commit_index):
+                # Nothing to send, and nothing sent yet carried this commit
+                # index (a request sent since it advanced did: no need).
                 self._send_append(leader, peer, heartbeat=True)
 
     def _on_heartbeat(self, leader: Leader) -> None:
@@ -301,6 +304,7 @@ class Replication(CoreState):
         if not entries and not heartbeat:
             return False
         request = m.AppendEntries(leader.term, self.id, prev_index, prev_term, entries, self.commit_index)
+        progress.sent_commit = self.commit_index
         if entries:
             progress.inflight += 1
             if not progress.probing:
