@@ -14,7 +14,7 @@ keys = st.binary(min_size=1, max_size=amp.MAX_KEY_LENGTH)
 values = st.binary(max_size=300)
 
 
-@given(st.dictionaries(keys, values, max_size=12))
+@given(st.dictionaries(st.sampled_from(sorted(commands._KEYS)) | keys, values, max_size=12))
 def test_a_box_serializes_to_the_bytes_amp_would_send(items):
     assert commands.Box(items).serialize() == amp.AmpBox(items).serialize()
 

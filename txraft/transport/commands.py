@@ -64,10 +64,15 @@ class Box(amp.AmpBox):
     def serialize(self):
         parts = []
         for key, value in sorted(self.items()):
-            if (type(key) is not bytes or type(value) is not bytes
-                    or len(key) > amp.MAX_KEY_LENGTH or len(value) > amp.MAX_VALUE_LENGTH):
+            prefixed = _KEYS.get(key)  # a key's length and bytes, for the keys of the member commands
+            if prefixed is None or type(value) is not bytes:
+                if type(key) is not bytes or type(value) is not bytes or len(key) > amp.MAX_KEY_LENGTH:
+                    return amp.AmpBox.serialize(self)
+                prefixed = _LENGTH(len(key)) + key
+            size = len(value)
+            if size > amp.MAX_VALUE_LENGTH:
                 return amp.AmpBox.serialize(self)
-            parts += (_LENGTH(len(key)), key, _LENGTH(len(value)), value)
+            parts += (prefixed, _LENGTH(size), value)
         parts.append(b"\0\0")
         return b"".join(parts)
 
@@ -218,3 +223,10 @@ COMMANDS = {
     for command in (Members, Leader, RequestVote, AppendToLog, Append, InstallSnapshot, ReadIndex,
                     TimeoutNow, ChangeMembers, TransferLeadership)
 }
+
+
+#: Each key the member commands send (arguments, AMP's own), with its length prefix.
+_KEYS = {key: _LENGTH(len(key)) + key
+         for key in {amp.COMMAND, amp.ASK, amp.ANSWER, amp.ERROR, amp.ERROR_CODE, amp.ERROR_DESCRIPTION}
+         | {name for command in MemberCommand.__subclasses__()
+            for name, _ in (*command.arguments, *command.response)}}
