@@ -10,6 +10,8 @@ import struct
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -157,3 +159,34 @@ def test_an_empty_box_closes_the_connection_instead_of_raising():
     server, transport = on_string_transport()
     server.dataReceived(b"\x00\x00")
     assert transport.disconnecting
+
+
+class _Boxes:
+    def __init__(self):
+        self.received = []
+
+    def ampBoxReceived(self, box):
+        self.received.append(dict(box))
+
+
+@given(st.lists(st.dictionaries(st.binary(min_size=1, max_size=255), st.binary(max_size=300), max_size=6),
+                max_size=5),
+       st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=50))
+def test_boxes_arriving_in_any_pieces_are_read_whole_and_in_order(boxes, cuts):
+    server, transport = on_string_transport()
+    server.boxReceiver = collector = _Boxes()
+    stream = b"".join(amp.AmpBox(box).serialize() for box in boxes)
+    offset, pieces = 0, iter(cuts * (len(stream) + 1))
+    while offset < len(stream):
+        step = next(pieces)
+        server.dataReceived(stream[offset:offset + step])
+        offset += step
+    assert collector.received == boxes
+    assert not transport.disconnecting
+
+
+def test_a_key_over_255_bytes_closes_the_connection():
+    server, transport = on_string_transport()
+    server.boxReceiver = collector = _Boxes()
+    server.dataReceived(pair_of(b"k" * 256))
+    assert transport.disconnecting and collector.received == []

@@ -39,6 +39,7 @@ How it works:
 from __future__ import annotations
 
 import random as _random_module
+import struct
 from typing import Dict, Optional, Set
 
 from twisted.internet import defer, error as ierror
@@ -95,6 +96,8 @@ MAX_BOX_KEYS = _most_keys()
 #: arrive: one fragment or inline value, one other value of AMP's largest, and
 #: the small fields.
 MAX_BOX_BYTES = FRAGMENT_SIZE + 65535 + 8192
+
+_PREFIX = struct.Struct("!H").unpack_from
 #: Seconds a connection may hold fragments of a value without receiving more of
 #: them or the command that uses them; then they are dropped.
 FRAGMENT_IDLE_TIMEOUT = 30.0
@@ -267,25 +270,63 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
 
     # -- receiving -----------------------------------------------------------
 
-    def proto_key(self, string):
-        # The parser's state for a key: refuse an oversized box before it grows further.
-        if not string:
+    def dataReceived(self, data):
+        """
+        Read boxes as AMP's parser does, with the same limits (a key of at
+        most 255 bytes; :data:`MAX_BOX_KEYS` keys and :data:`MAX_BOX_BYTES`
+        bytes per box), handing each to ``ampBoxReceived``.  AMP's parser
+        makes about eight calls per key and per value, and a request is a
+        dozen of them: this loop reads them all from the buffer at once.
+        """
+        if self.state == "refused":
+            return
+        if self.innerProtocol is not None:
+            return amp.AMP.dataReceived(self, data)
+        self._justStartedTLS = False
+        buffer = self._unprocessed + data if self._unprocessed else data
+        end, offset = len(buffer), 0
+        box, key = self._currentBox, self._currentKey
+        while offset + 2 <= end:
+            (length,) = _PREFIX(buffer, offset)
+            start = offset + 2
+            stop = start + length
+            if key is not None:  # a value
+                if stop > end:
+                    break
+                offset = stop
+                box[key] = buffer[start:stop]
+                key = None
+                self._box_bytes += length
+                if self._box_bytes > MAX_BOX_BYTES:
+                    self.state = self._refuse_box(f"a box of more than {MAX_BOX_BYTES} bytes")
+                    return
+                continue
+            if length > amp.MAX_KEY_LENGTH:
+                self._unprocessed = b""
+                self.lengthLimitExceeded(length)
+                return
+            if stop > end:
+                break
+            offset = stop
+            if box is None:
+                box = amp.AmpBox()
+            if length:
+                key = buffer[start:stop]
+                if len(box) >= MAX_BOX_KEYS and key not in box:
+                    self.state = self._refuse_box(f"a box with more than {MAX_BOX_KEYS} keys")
+                    return
+                self._box_bytes += length
+                continue
+            # An empty key ends the box.
             self._box_bytes = 0
-        elif len(self._currentBox) >= MAX_BOX_KEYS and string not in self._currentBox:
-            return self._refuse_box(f"a box with more than {MAX_BOX_KEYS} keys")
-        else:
-            self._box_bytes += len(string)
-        return amp.AMP.proto_key(self, string)
-
-    def proto_value(self, string):
-        self._box_bytes += len(string)
-        if self._box_bytes > MAX_BOX_BYTES:
-            return self._refuse_box(f"a box of more than {MAX_BOX_BYTES} bytes")
-        return amp.AMP.proto_value(self, string)
-
-    def proto_refused(self, string):
-        """The state after a refused box: everything else is ignored while the connection closes."""
-        return "refused"
+            self._currentBox = self._currentKey = None
+            self._unprocessed = buffer[offset:]
+            self.boxReceiver.ampBoxReceived(box)
+            box = None
+            if self.state == "refused":
+                return
+        self._unprocessed = buffer[offset:]
+        self._currentBox, self._currentKey = box, key
 
     def _refuse_box(self, what):
         self.log.warn("closing the connection from {peer} {names}: it sent {what}", peer=self.peer_address,
