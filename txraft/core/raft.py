@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, NoReturn, Optional, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, NoReturn, Optional, Tuple, Type, TypeVar, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -98,16 +98,25 @@ def _check_numbers(message: DataclassInstance) -> None:
     transport brought them (the AMP codec checks the same on the wire), so no
     request can push this member to a term or index it could not store.
     """
-    for item in dataclasses.fields(message):
-        value = getattr(message, item.name)
+    cls = type(message)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(item.name for item in dataclasses.fields(message))
+    for name in names:
+        value = getattr(message, name)
         if isinstance(value, int) and not isinstance(value, bool):
-            _check_number(value, f"{type(message).__name__}.{item.name}")
-        elif item.name == "entries" and value:
+            if not 0 <= value < m.NUMBER_LIMIT:
+                _check_number(value, f"{cls.__name__}.{name}")
+        elif name == "entries" and value:
             if len(value) > m.MAX_ENTRIES:
                 raise errors.InvalidRequest(f"{len(value)} entries are more than the {m.MAX_ENTRIES} "
                                             "one request may carry")
-            _check_number(value[-1].index, f"{type(message).__name__}.entries index")
-            _check_number(max(entry.term for entry in value), f"{type(message).__name__}.entries term")
+            _check_number(value[-1].index, f"{cls.__name__}.entries index")
+            _check_number(max(entry.term for entry in value), f"{cls.__name__}.entries term")
+
+
+# Message type -> its field names (every request is checked on arrival).
+_FIELD_NAMES: Dict[type, Tuple[str, ...]] = {}
 
 
 #: The most a request or reply may raise this member's term at once.  Real
