@@ -267,3 +267,15 @@ def test_a_malformed_entry_from_a_peer_is_named(item, message):
 def test_an_entry_packed_once_is_encoded_as_its_schema_says(entry):
     # packed_entry spells out the Entry schema for speed; it must not drift from it.
     assert codec.packed_entry(entry) == msgpack.packb(codec.to_wire(entry), use_bin_type=True)
+
+
+@given(values)
+def test_pack_is_msgpacks_packb(value):
+    wire = codec.to_wire(value)
+    assert codec.pack(wire) == msgpack.packb(wire, use_bin_type=True)
+
+
+def test_pack_after_a_failed_pack_carries_nothing_of_it():
+    with pytest.raises(TypeError):
+        codec.pack([1, b"x" * 1000, object()])
+    assert codec.pack([2]) == b"\x91\x02"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import operator
 import struct
+import threading
 import typing
 from dataclasses import dataclass
 from dataclasses import fields as _dataclass_fields
@@ -48,7 +49,7 @@ from txraft import messages as m
 
 __all__ = [
     "Kind", "OutOfRange", "UINT", "TEXT", "FLAG", "BYTES", "TEXTS", "ENTRY_KIND", "REQUEST_ID", "OPTIONAL_REQUEST_ID", "ENTRIES",
-    "unpack_entries", "packed_entry", "pack_entries", "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
+    "pack", "unpack_entries", "packed_entry", "pack_entries", "TAGS", "fields", "to_fields", "from_fields", "to_wire", "from_wire", "encode", "decode",
     "SNAPSHOT_HEADER_MAGIC", "encode_snapshot_header", "decode_snapshot_header",
 ]
 
@@ -157,6 +158,26 @@ def _load_optional_request_id(value, what):
     return None if value is None else _load_record(m.RequestId, value, what)
 
 
+_PACKERS = threading.local()
+
+
+def pack(value: Any) -> bytes:
+    """
+    :returns: ``msgpack.packb(value, use_bin_type=True)``, from a packer kept
+        per thread: ``packb`` makes a packer with a 256 KiB buffer for every
+        call, which cost a leader ~10% of its time (one call per entry).
+    """
+    try:
+        packer = _PACKERS.packer
+    except AttributeError:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(value)
+    except BaseException:
+        _PACKERS.packer = msgpack.Packer(use_bin_type=True)  # a failed pack may leave data in its buffer
+        raise
+
+
 def _dump_entries(entries):
     return [to_wire(entry) for entry in entries]
 
@@ -175,7 +196,7 @@ def packed_entry(entry: m.Entry) -> bytes:
         rid = entry.request_id
         wire = [_ENTRY_TAG, entry.term, entry.index, int(entry.kind), entry.data,
                 None if rid is None else [rid.session, rid.seq, rid.lowest_pending]]
-        raw = entry.__dict__["_packed"] = msgpack.packb(wire, use_bin_type=True)
+        raw = entry.__dict__["_packed"] = pack(wire)
         return raw
 
 
@@ -450,7 +471,7 @@ def encode(value) -> bytes:
     """Encode one value from :mod:`txraft.messages` to bytes."""
     if type(value) is m.Entry:
         return packed_entry(value)
-    return msgpack.packb(to_wire(value), use_bin_type=True)
+    return pack(to_wire(value))
 
 
 def _unpack(data: bytes, what: str):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Dict, List, Optional, Protocol,
 import msgpack
 from twisted.internet import defer
 
+from txraft import codec
 from txraft.client import RaftClient
 
 if TYPE_CHECKING:
@@ -106,13 +107,13 @@ def _check_value(value: bytes, what: str = "value") -> bytes:
 
 def encode_put(key: str, value: bytes) -> bytes:
     """:returns: the command (bytes) that sets ``key`` to ``value``."""
-    command: bytes = msgpack.packb([OP_PUT, check_key(key), _check_value(value)], use_bin_type=True)
+    command: bytes = codec.pack([OP_PUT, check_key(key), _check_value(value)])
     return command
 
 
 def encode_delete(key: str) -> bytes:
     """:returns: the command (bytes) that removes ``key``."""
-    command: bytes = msgpack.packb([OP_DELETE, check_key(key)], use_bin_type=True)
+    command: bytes = codec.pack([OP_DELETE, check_key(key)])
     return command
 
 
@@ -125,7 +126,7 @@ def encode_cas(key: str, expect: Optional[bytes], value: bytes) -> bytes:
     """
     if expect is not None:
         _check_value(expect, "expect")
-    command: bytes = msgpack.packb([OP_CAS, check_key(key), expect, _check_value(value)], use_bin_type=True)
+    command: bytes = codec.pack([OP_CAS, check_key(key), expect, _check_value(value)])
     return command
 
 

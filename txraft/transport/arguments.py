@@ -130,7 +130,7 @@ class Blob(_Named):
     def encode(self, value) -> bytes:
         """:returns: the bytes carried for the wire form ``value``."""
         if self.packed:
-            return msgpack.packb(value, use_bin_type=True)
+            return codec.pack(value)
         if not isinstance(value, bytes):
             raise TypeError(f"expected bytes, got {type(value).__name__}")
         return value
@@ -158,7 +158,7 @@ class Packed(_Named):
     """A small structured wire form (a request id) as msgpack bytes."""
 
     def toString(self, value):
-        return msgpack.packb(value, use_bin_type=True)
+        return codec.pack(value)
 
     def fromString(self, string):
         return _unpack(string)
