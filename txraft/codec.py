@@ -189,15 +189,14 @@ def packed_entry(entry: m.Entry) -> bytes:
         entry to its disk log and sends it to every follower; a follower
         writes the bytes the leader sent.
     """
-    try:
-        return entry.__dict__["_packed"]
-    except KeyError:
+    raw: Optional[bytes] = entry.__dict__.get("_packed")
+    if raw is None:
         # to_wire(entry), spelt out: this runs for every entry a leader logs.
         rid = entry.request_id
         wire = [_ENTRY_TAG, entry.term, entry.index, int(entry.kind), entry.data,
                 None if rid is None else [rid.session, rid.seq, rid.lowest_pending]]
         raw = entry.__dict__["_packed"] = pack(wire)
-        return raw
+    return raw
 
 
 def _array_header(count: int) -> bytes:
