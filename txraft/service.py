@@ -37,7 +37,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError, ConnectError
-from twisted.internet.interfaces import IHandshakeListener, IListeningPort, ITCPTransport
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IListeningPort, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,6 +82,7 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self._host: Optional[IAddress] = None
 
     @property
     def policy(self) -> Optional[AccessPolicy]:
@@ -97,6 +98,16 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     def peer_admitted(self) -> None:
         # From here on, twisted.web's own idle timeout applies.
         mark_established(self.transport)
+
+    def getHost(self) -> IAddress:
+        """
+        The connection's local address, asked of the transport once: every
+        twisted.web request asks for it (``Request.__init__``), and a TCP
+        transport makes a ``getsockname()`` system call each time.
+        """
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        return self._host
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)

@@ -1,0 +1,123 @@
+"""
+One member's HTTP API driven in memory: requests fed to the channel of a
+:class:`txraft.service.ClientCertificateSite`, answers read from a string
+transport, the member stood in for by a stub whose ``append`` the test
+resolves.  This checks what reaches the transport for each request, which the
+socket-level tests cannot see.
+"""
+
+import json
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+
+from txraft import errors
+from txraft.core.raft import Status
+from txraft.http import create_api
+from txraft.kv import KeyValueStore, WriteResult
+from txraft.service import ClientCertificateSite
+
+CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
+SERVER = IPv4Address("TCP", "127.0.0.1", 8001)
+
+
+class StubMember:
+    """Enough of :class:`txraft.member.Raft` for the key-value API: appends wait for the test."""
+
+    def __init__(self):
+        self.reactor = task.Clock()
+        self.appends = []
+
+    def append(self, command, timeout=None):
+        d = defer.Deferred()
+        self.appends.append((command, d))
+        return d
+
+    def status(self):
+        return Status(id="m1", role="leader", leader="m1", term=1, commit_index=3, applied_index=3,
+                      last_index=3, members=("m1",))
+
+
+class AddressCountingTransport(StringTransport):
+    """A string transport that counts the times it is asked for its local address."""
+
+    host_asked = 0
+
+    def getHost(self):
+        self.host_asked += 1
+        return super().getHost()
+
+
+def connect():
+    """:returns: ``(member, channel, transport)`` for one open connection."""
+    member = StubMember()
+    site = ClientCertificateSite(create_api(member, KeyValueStore()), reactor=member.reactor)
+    channel = site.buildProtocol(CLIENT)
+    transport = AddressCountingTransport(hostAddress=SERVER, peerAddress=CLIENT)
+    channel.makeConnection(transport)
+    return member, channel, transport
+
+
+def put(channel, key, value=b"v" * 10):
+    channel.dataReceived(b"PUT /v1/kv/%s HTTP/1.1\r\nHost: m1\r\nContent-Length: %d\r\n\r\n%s"
+                         % (key, len(value), value))
+
+
+def parse(raw):
+    """:returns: ``(status, headers, body)`` of the one response in ``raw``."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_put_is_answered_once_its_append_is_applied():
+    member, channel, transport = connect()
+    put(channel, b"k")
+    assert transport.value() == b""  # nothing before the member applies it
+    [(command, d)] = member.appends
+    d.callback(WriteResult(index=7))
+    code, headers, body = parse(transport.value())
+    assert code == 200
+    assert json.loads(body) == {"index": 7} and body == json.dumps({"index": 7}).encode() + b"\n"
+    assert headers[b"content-length"] == b"%d" % len(body)
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"cache-control"] == b"no-store"
+    channel.connectionLost(Failure(ConnectionError("test over")))
+
+
+def test_a_refused_append_is_answered_429_with_retry_after():
+    member, channel, transport = connect()
+    put(channel, b"k")
+    member.appends[0][1].errback(errors.Busy("full", retry_after=1.5))
+    code, headers, body = parse(transport.value())
+    assert code == 429 and headers[b"retry-after"] == b"2"
+    assert json.loads(body)["retry_after"] == 1.5
+    channel.connectionLost(Failure(ConnectionError("test over")))
+
+
+def test_the_answer_to_a_client_that_has_gone_is_dropped_without_an_error():
+    member, channel, transport = connect()
+    put(channel, b"k")
+    channel.connectionLost(Failure(ConnectionError("client went away")))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        member.appends[0][1].callback(WriteResult(index=7))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert transport.value() == b""
+    assert [e for e in events if e.get("log_level", LogLevel.info) >= LogLevel.warn] == []
+
+
+def test_a_connection_asks_its_transport_for_the_local_address_once():
+    member, channel, transport = connect()
+    for i in range(3):
+        put(channel, b"k%d" % i)
+        member.appends[-1][1].callback(WriteResult(index=i + 1))
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+    assert transport.host_asked == 1
+    channel.connectionLost(Failure(ConnectionError("test over")))
