@@ -121,3 +121,46 @@ def test_a_connection_asks_its_transport_for_the_local_address_once():
     assert transport.value().count(b"HTTP/1.1 200 OK") == 3
     assert transport.host_asked == 1
     channel.connectionLost(Failure(ConnectionError("test over")))
+
+
+# -- the idle timeout ------------------------------------------------------------
+
+
+def test_an_idle_connection_is_closed_after_the_sites_timeout():
+    member, channel, transport = connect()
+    idle = channel.timeOut
+    assert idle == 60  # twisted.web's default for a Site
+    member.reactor.advance(idle / 2)
+    channel.dataReceived(b"PUT /v1/kv/k HTTP/1.1\r\n")  # a byte received restarts the count
+    member.reactor.advance(idle - 1)
+    assert not transport.disconnecting
+    member.reactor.advance(1)
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionError("timed out")))
+    assert member.reactor.getDelayedCalls() == []
+
+
+def test_a_request_in_hand_is_not_timed_out_and_idleness_counts_from_its_answer():
+    member, channel, transport = connect()
+    idle = channel.timeOut
+    put(channel, b"k")
+    member.reactor.advance(idle * 3)  # the member takes its time
+    assert not transport.disconnecting
+    member.appends[0][1].callback(WriteResult(index=1))
+    member.reactor.advance(idle - 1)
+    assert not transport.disconnecting
+    member.reactor.advance(1)
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionError("timed out")))
+
+
+def test_requests_make_no_timer_of_their_own():
+    member, channel, transport = connect()
+    [timer] = member.reactor.getDelayedCalls()
+    for i in range(3):
+        put(channel, b"k%d" % i)
+        member.reactor.advance(1)
+        member.appends[-1][1].callback(WriteResult(index=i + 1))
+        assert member.reactor.getDelayedCalls() == [timer]
+    channel.connectionLost(Failure(ConnectionError("test over")))
+    assert member.reactor.getDelayedCalls() == []
