@@ -164,3 +164,14 @@ def test_requests_make_no_timer_of_their_own():
         assert member.reactor.getDelayedCalls() == [timer]
     channel.connectionLost(Failure(ConnectionError("test over")))
     assert member.reactor.getDelayedCalls() == []
+
+
+def test_a_shorter_timeout_set_later_applies_from_then():
+    member, channel, transport = connect()
+    member.reactor.advance(10)
+    channel.setTimeout(5)
+    member.reactor.advance(4.9)
+    assert not transport.disconnecting
+    member.reactor.advance(0.1)
+    assert transport.disconnecting
+    channel.connectionLost(Failure(ConnectionError("timed out")))

@@ -122,9 +122,11 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
         previous = self.timeOut
         self.timeOut = period
         if period is not None:
-            self._last_active = self.factory.reactor.seconds()
+            now = self._last_active = self.factory.reactor.seconds()
             if self._idle_call is None:
                 self._idle_call = self.callLater(period, self._idle_check)  # type: ignore[no-untyped-call]
+            elif self._idle_call.getTime() > now + period:  # a shorter timeout than the one armed
+                self._idle_call.reset(period)
         return previous
 
     def resetTimeout(self) -> None:
