@@ -1,64 +1,25 @@
 """
-One member's HTTP API driven in memory: requests fed to the channel of a
-:class:`txraft.service.ClientCertificateSite`, answers read from a string
-transport, the member stood in for by a stub whose ``append`` the test
-resolves.  This checks what reaches the transport for each request, which the
-socket-level tests cannot see.
+One member's HTTP API driven in memory (:mod:`txraft.testing.http`):
+requests fed to the channel of a :class:`txraft.service.ClientCertificateSite`,
+answers read from a string transport, the member stood in for by a stub whose
+``append`` the test resolves.  This checks what reaches the transport for each
+request, which the socket-level tests cannot see.
 """
 
 import json
 
-from twisted.internet import defer, task
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from txraft import errors
-from txraft.core.raft import Status
-from txraft.http import create_api
-from txraft.kv import KeyValueStore, WriteResult
-from txraft.service import ClientCertificateSite
-
-CLIENT = IPv4Address("TCP", "127.0.0.1", 40000)
-SERVER = IPv4Address("TCP", "127.0.0.1", 8001)
-
-
-class StubMember:
-    """Enough of :class:`txraft.member.Raft` for the key-value API: appends wait for the test."""
-
-    def __init__(self):
-        self.reactor = task.Clock()
-        self.appends = []
-
-    def append(self, command, timeout=None):
-        d = defer.Deferred()
-        self.appends.append((command, d))
-        return d
-
-    def status(self):
-        return Status(id="m1", role="leader", leader="m1", term=1, commit_index=3, applied_index=3,
-                      last_index=3, members=("m1",))
-
-
-class AddressCountingTransport(StringTransport):
-    """A string transport that counts the times it is asked for its local address."""
-
-    host_asked = 0
-
-    def getHost(self):
-        self.host_asked += 1
-        return super().getHost()
+from txraft.kv import WriteResult
+from txraft.testing.http import InMemoryAPI
 
 
 def connect():
     """:returns: ``(member, channel, transport)`` for one open connection."""
-    member = StubMember()
-    site = ClientCertificateSite(create_api(member, KeyValueStore()), reactor=member.reactor)
-    channel = site.buildProtocol(CLIENT)
-    transport = AddressCountingTransport(hostAddress=SERVER, peerAddress=CLIENT)
-    channel.makeConnection(transport)
-    return member, channel, transport
+    api = InMemoryAPI()
+    return api.member, api.channel, api.transport
 
 
 def put(channel, key, value=b"v" * 10):
