@@ -12,10 +12,16 @@ members' HTTP connection caps are raised above the largest step, since all
 the connections come from one address.  Then
 sequential ``PUT`` latency.  Prints the txraft/etcd ratio and a final JSON line.
 
+The client runs on the same machine as the members and takes its share of
+the CPU: each step prints the client's CPU (share of one core, and per
+``PUT``).  ``--client-processes N`` splits each step's connections between
+N client processes measured over the same window, for both systems alike.
+
 Run (needs the ``bench`` extra, ``pip install -e '.[bench]'``)::
 
     python bench/http_load.py                        # 64 and 1024 connections, 6 s each
     python bench/http_load.py --connections 64 --seconds 3 --no-etcd
+    python bench/http_load.py --connections 64 --client-processes 2
 """
 
 import argparse
@@ -49,6 +55,43 @@ class Target:
     def put_request(self, key, value):
         raise NotImplementedError
 
+    def client_view(self):
+        """:returns: a picklable :class:`ClientView` of the leader, for client processes."""
+        raise NotImplementedError
+
+
+class ClientView(Target):
+    """What a client process needs to PUT to a target's leader (made in that process)."""
+
+    def __init__(self, name, leader_url, put_style, tls_files=None):
+        self.name = name
+        self.leader_url = leader_url
+        self.put_style = put_style
+        self.tls_files = tls_files  # (ca, cert, key), or None for plain HTTP
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("ssl", None)  # an SSLContext does not pickle; rebuilt where it is used
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.tls_files is not None:
+            ca, cert, key = self.tls_files
+            self.ssl = _client_context(ca, cert, key)
+
+    def put_request(self, key, value):
+        if self.put_style == "etcd":
+            return EtcdTarget.put_request(self, key, value)
+        return TxraftTarget.put_request(self, key, value)
+
+
+def _client_context(ca, cert, key):
+    context = ssl.create_default_context(cafile=ca)
+    context.check_hostname = False  # members' certificates name members, not 127.0.0.x
+    context.load_cert_chain(cert, key)
+    return context
+
 
 class TxraftTarget(Target):
     name = "txraft"
@@ -62,10 +105,8 @@ class TxraftTarget(Target):
         self.cluster = LocalCluster(directory, size=3, extra_args=[
             "--max-http-connections", cap, "--max-http-connections-per-address", cap])
         cert, key = self.cluster.certs["client"]
-        context = ssl.create_default_context(cafile=self.cluster.certs["ca"][0])
-        context.check_hostname = False  # members' certificates name members, not 127.0.0.x
-        context.load_cert_chain(cert, key)
-        self.ssl = context
+        self.tls_files = (self.cluster.certs["ca"][0], cert, key)
+        self.ssl = _client_context(*self.tls_files)
         self.leader_url = None
 
     def start(self):
@@ -89,6 +130,9 @@ class TxraftTarget(Target):
 
     def put_request(self, key, value):
         return "PUT", f"{self.leader_url}/v1/kv/{key}", value
+
+    def client_view(self):
+        return ClientView(self.name, self.leader_url, "txraft", self.tls_files)
 
     async def term(self, session):
         """:returns: the highest term any member reports."""
@@ -173,6 +217,9 @@ class EtcdTarget(Target):
                            "value": base64.b64encode(value).decode()})
         return "POST", f"{self.leader_url}/v3/kv/put", body
 
+    def client_view(self):
+        return ClientView(self.name, self.leader_url, "etcd")
+
     def stop(self):
         for process in self.processes:
             process.terminate()
@@ -183,11 +230,13 @@ class EtcdTarget(Target):
                 process.kill()
 
 
-async def load(target, session, connections, seconds, value):
+async def load(target, session, connections, seconds, value, seed=0):
+    """:returns: the row of one closed-loop step: PUT/s, latency percentiles, failures, client CPU."""
     ok = 0
     failures = {}
     latencies = []
-    rng = random.Random(connections)
+    rng = random.Random(connections * 1000 + seed)
+    cpu = _cpu_seconds()
     end = time.perf_counter() + seconds
 
     async def client():
@@ -216,10 +265,61 @@ async def load(target, session, connections, seconds, value):
                     await asyncio.sleep(float(retry_after or 1) * rng.uniform(0.5, 1.0))
 
     await asyncio.gather(*(client() for _ in range(connections)))
+    return _row(connections, seconds, ok, failures, latencies, _cpu_seconds() - cpu)
+
+
+def _cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
+def _row(connections, seconds, ok, failures, latencies, client_cpu, processes=1):
     result = {"connections": connections, "ok": ok, "puts_per_s": round(ok / seconds, 1), "failures": failures,
-              "load": os.getloadavg()[0]}
+              "load": os.getloadavg()[0], "client_processes": processes,
+              "client_cpu_share": round(client_cpu / seconds, 2),
+              "client_cpu_us_per_put": round(client_cpu / max(ok, 1) * 1e6)}
     result.update(percentiles(latencies))
+    result["latencies"] = latencies
     return result
+
+
+def _client_process(view, connections, warmup, seconds, start_at, seed):
+    """One client process of a step: its own connections, warmed up, then measured from ``start_at``."""
+    import aiohttp
+
+    async def run():
+        connector = aiohttp.TCPConnector(limit=connections + 8)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            await load(view, session, connections, max(0.5, start_at - time.time()), b"v" * 100, seed)
+            return await load(view, session, connections, seconds, b"v" * 100, seed)
+
+    return asyncio.run(run())
+
+
+def load_in_processes(target, connections, seconds, warmup, processes):
+    """
+    Load ``target``'s leader from ``processes`` client processes at once,
+    ``connections`` split between them: each warms its own connections up for
+    ``warmup`` seconds, then all are measured over the same ``seconds``.
+
+    :returns: the step's row, as :func:`load` makes it, for all of them.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    view = target.client_view()
+    shares = [connections // processes + (i < connections % processes) for i in range(processes)]
+    start_at = time.time() + 1.0 + warmup  # process start-up, then the warm-up
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = list(pool.map(_client_process, [view] * processes, shares, [warmup] * processes,
+                             [seconds] * processes, [start_at] * processes, range(processes)))
+    failures = {}
+    for row in rows:
+        for name, count in row["failures"].items():
+            failures[name] = failures.get(name, 0) + count
+    client_cpu = sum(row["client_cpu_share"] for row in rows) * seconds
+    return _row(connections, seconds, sum(row["ok"] for row in rows), failures,
+                [latency for row in rows for latency in row["latencies"]], client_cpu, processes)
 
 
 async def measure(target, args):
@@ -231,18 +331,26 @@ async def measure(target, args):
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await target.find_leader(session)
         for connections in args.connections:
-            # Open the connections (TLS handshakes) before measuring.
-            await load(target, session, connections, args.warmup, value)
-            await target.find_leader(session)  # it may have changed meanwhile
             term = await target.term(session)
-            row = await load(target, session, connections, args.seconds, value)
+            if args.client_processes > 1:
+                row = await asyncio.get_running_loop().run_in_executor(
+                    None, load_in_processes, target, connections, args.seconds, args.warmup, args.client_processes)
+            else:
+                # Open the connections (TLS handshakes) before measuring.
+                await load(target, session, connections, args.warmup, value)
+                await target.find_leader(session)  # it may have changed meanwhile
+                term = await target.term(session)
+                row = await load(target, session, connections, args.seconds, value)
             row["elections"] = await target.term(session) - term
+            del row["latencies"]
             results["sweep"].append(row)
             print(f"  {target.name:7} {connections:5} connections: {row['puts_per_s']:8,.0f} PUT/s  "
                   f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  failures {row['failures'] or 0}  "
-                  f"elections {row['elections']}  "
+                  f"elections {row['elections']}  client CPU {row['client_cpu_share']:.0%} of a core "
+                  f"in {row['client_processes']} process(es), {row['client_cpu_us_per_put']} us/PUT  "
                   f"(load {row['load']:.2f})", flush=True)
         sequential = await load(target, session, 1, args.seconds, value)
+        del sequential["latencies"]
         results["sequential"] = sequential
         print(f"  {target.name:7} sequential PUT: p50 {sequential['p50_ms']} ms, p99 {sequential['p99_ms']} ms",
               flush=True)
@@ -255,6 +363,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load per step")
     parser.add_argument("--no-etcd", action="store_true", help="leave etcd out even when installed")
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="split each step's connections between this many client processes")
     args = parser.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     etcd = None if args.no_etcd else shutil.which("etcd")

@@ -254,31 +254,34 @@ def _failure_response(failure: Failure) -> _Response:
 
 def _respond_later(request: server.Request, d: defer.Deferred[_Response]) -> int:
     """
-    Write the :class:`_Response` ``d`` fires with, unless the client has gone.
+    Write the :class:`_Response` ``d`` fires with (or the response to its
+    failure, :func:`_failure_response`), unless the client has gone.
+
+    One pair of callbacks per request, and no ``notifyFinish()`` Deferred:
+    a request whose connection was lost has no ``channel`` any more.
 
     :returns: ``NOT_DONE_YET``.
     """
-    gone: List[object] = []
-    # Fires (success) after finish() or fails when the connection is lost;
-    # either way nothing more may be written.
-    request.notifyFinish().addBoth(gone.append)
+    d.addCallbacks(_send, _send_failure, callbackArgs=(request,), errbackArgs=(request,))
+    return NOT_DONE_YET
 
-    def write(response: _Response) -> None:
-        if gone:
-            return
-        request.setResponseCode(response.code)
-        request.setHeader(b"content-type", response.content_type)
-        request.setHeader(b"cache-control", b"no-store")
-        for name, value in response.headers:
-            request.setHeader(name, value)
+
+def _send_failure(failure: Failure, request: server.Request) -> None:
+    _send(_failure_response(failure), request)
+
+
+def _send(response: _Response, request: server.Request) -> None:
+    # twisted.web's Request.connectionLost sets channel to None: nothing more
+    # may be written then.
+    if request.channel is None or request.finished:
+        return
+    try:
+        _write_now(request, response)
         request.setHeader(b"content-length", b"%d" % len(response.body))
         request.write(response.body)
         request.finish()
-
-    d.addErrback(_failure_response)
-    d.addCallback(write)
-    d.addErrback(lambda f: log.failure("writing an HTTP API response failed", f))
-    return NOT_DONE_YET
+    except Exception:
+        log.failure("writing an HTTP API response failed")
 
 
 class _MethodResource(Resource):
@@ -443,9 +446,11 @@ class KeyValueResource(_MethodResource):
         return command
 
     def _submit(self, request: server.Request, command: bytes, respond: Callable[[Any], _Response]) -> int:
-        d = defer.maybeDeferred(self.kv.append, command)
-        d.addCallback(respond)
-        d.addErrback(self._result_unavailable, respond)
+        try:
+            d = self.kv.append(command)
+        except Exception:
+            d = defer.fail()
+        d.addCallbacks(respond, self._result_unavailable, errbackArgs=(respond,))
         return _respond_later(request, d)
 
     def _result_unavailable(self, failure: Failure, respond: Callable[[Any], _Response]) -> _Response:
@@ -456,7 +461,8 @@ class KeyValueResource(_MethodResource):
 
     def _written(self, result: Any) -> _Response:
         index = result.index if result is not None else self.kv.raft.status().applied_index
-        return _Response.json(200, {"index": index})
+        # What json.dumps({"index": index}) writes, without its encoder.
+        return _Response(200, b'{"index": %d}\n' % index)
 
     def render_PUT(self, request: server.Request) -> int:
         key = self._key(request)

@@ -37,7 +37,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError, ConnectError
-from twisted.internet.interfaces import IHandshakeListener, IListeningPort, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IListeningPort, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -82,6 +82,9 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self._host: Optional[IAddress] = None
+        self._idle_call: Optional[IDelayedCall] = None
+        self._last_active = 0.0
 
     @property
     def policy(self) -> Optional[AccessPolicy]:
@@ -98,11 +101,58 @@ class _ClientCheckedChannel(ACLCheckedProtocolMixin, http.HTTPChannel):
         # From here on, twisted.web's own idle timeout applies.
         mark_established(self.transport)
 
+    def getHost(self) -> IAddress:
+        """
+        The connection's local address, asked of the transport once: every
+        twisted.web request asks for it (``Request.__init__``), and a TCP
+        transport makes a ``getsockname()`` system call each time.
+        """
+        if self._host is None:
+            self._host = super().getHost()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        return self._host
+
+    # twisted.web's idle timeout (TimeoutMixin) is switched off while a request
+    # is handled and on again once it is answered: a DelayedCall cancelled and
+    # a new one made per request.  Here one timer per connection checks a
+    # deadline that activity moves forward, and re-arms itself for the rest;
+    # the timeout itself is the same (``timeOut`` seconds without a byte
+    # received or an answer finished, never while a request is in hand).
+
+    def setTimeout(self, period: Optional[int]) -> Optional[int]:
+        previous = self.timeOut
+        self.timeOut = period
+        if period is not None:
+            now = self._last_active = self.factory.reactor.seconds()
+            if self._idle_call is None:
+                self._idle_call = self.callLater(period, self._idle_check)  # type: ignore[no-untyped-call]
+            elif self._idle_call.getTime() > now + period:  # a shorter timeout than the one armed
+                self._idle_call.reset(period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self._last_active = self.factory.reactor.seconds()
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self.timeOut is None:
+            return  # a request is in hand; setTimeout() arms the timer again once it is answered
+        now = self.factory.reactor.seconds()
+        idle_until = self._last_active + self.timeOut
+        if now >= idle_until:
+            self.timeoutConnection()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        else:
+            self._idle_call = self.callLater(  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+                idle_until - now, self._idle_check)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
         try:
             super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         finally:
+            if self._idle_call is not None and self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
             self.closed.callback(None)
 
 
