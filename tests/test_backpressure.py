@@ -260,3 +260,21 @@ def test_metrics_expose_the_bounds_and_refusals():
     assert "txraft_max_uncommitted_bytes 1.048576e+06" in text
     assert "txraft_reactor_turn_seconds_bucket" in text
     cluster.run(1)
+
+
+def test_queued_appends_are_placed_in_runs_and_each_is_applied_once_in_order():
+    # 300 appends in one turn against a bound of 50: 250 wait in the queue and
+    # are placed in runs as commits make room, each run in one log write.
+    cluster = started(BoundedCluster(entries=50, queue=1000, fsync_delay=0.01))
+    leader = cluster.members[cluster.agreed_leader()]
+    storage = leader.core.storage
+    writes = storage.version
+    results = outcomes([leader.append(b"q%d" % i) for i in range(300)])
+    assert leader.queued_appends == 250
+    cluster.run_until(lambda: all(results), 10)
+    assert all(isinstance(r[0], int) for r in results), [r for r in results if not isinstance(r[0], int)][:3]
+    assert [r[0] for r in results] == sorted(r[0] for r in results)
+    assert storage.version - writes < 60  # not one write per append
+    cluster.run_until(cluster.converged, 5)
+    for member_id in cluster.ids:
+        assert applied_commands(cluster, member_id) == [b"q%d" % i for i in range(300)]

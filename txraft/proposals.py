@@ -77,6 +77,10 @@ class _Pending:
         self.refused = False  # the leader refused it with Busy (nothing stored); waiting to try again
 
 
+#: The most queued appends placed in one write to the leader's log.
+_ADMIT_BATCH = 512
+
+
 class Proposals(RaftObserver):
     """
     The pending appends of one member.  Register it as an observer of ``core``.
@@ -162,6 +166,7 @@ class Proposals(RaftObserver):
         """Submit queued appends while the leader admits them and this turn has budget left."""
         self._admit_call = None
         waiting = self._waiting
+        core = self.core
         while waiting and self._running:
             pending = waiting[0]
             if pending.seq not in self._pending:
@@ -170,11 +175,43 @@ class Proposals(RaftObserver):
             if self._over_budget():
                 self._admit_soon()  # next turn
                 return
-            if self.core.refusal(len(pending.command)) is not None:
+            if core.refusal(len(pending.command)) is not None:
                 return  # applied_through() calls again once commits make room
-            waiting.popleft()
-            pending.queued = False
-            self._submit(pending)
+            if core.leader != core.id:
+                waiting.popleft()
+                pending.queued = False
+                self._submit(pending)
+                continue
+            # This member leads: place a run of queued commands in one write.
+            batch = []
+            while waiting and len(batch) < _ADMIT_BATCH:
+                pending = waiting.popleft()
+                if pending.seq in self._pending:
+                    pending.queued = False
+                    self._forget_placement(pending)
+                    pending.submissions += 1
+                    batch.append(pending)
+            placed, refused = core.place_many([(p.command, self._request_id(p)) for p in batch])
+            for pending, at in zip(batch, placed):
+                self._placed_at(pending, *at)
+            rest = batch[len(placed):]
+            if not rest:
+                continue
+            if not isinstance(refused, errors.Busy):
+                # Refused for itself (too large), or this member no longer
+                # places commands: the first one not placed takes the
+                # answer, as a submission of its own would.
+                first, rest = rest[0], rest[1:]
+                self._refused(first, Failure(refused))
+            for pending in reversed(rest):
+                # Not placed: back to the head of the queue, in order.
+                pending.submissions -= 1
+                pending.queued = True
+                waiting.appendleft(pending)
+            if not isinstance(refused, errors.InvalidRequest):
+                # Busy: applied_through() calls again once commits make
+                # room; NotLeader: leader_changed() does.
+                return
 
     def _over_budget(self):
         """:returns: whether this reactor turn has spent its budget submitting commands."""

@@ -9,6 +9,7 @@ from unittest import mock
 
 from twisted.internet.task import Clock
 
+from txraft import errors
 from txraft.core import replication
 from txraft.storage.memory import MemoryStorage
 from tests.core.harness import B, C, acknowledge, elect, make_core
@@ -110,3 +111,31 @@ def test_commit_news_still_reaches_followers_with_nothing_new_to_receive():
     news = core.transport.take(m.AppendEntries)
     assert sorted(peer for peer, _, _ in news) == [B, C]
     assert all(not request.entries and request.leader_commit == core.commit_index for _, request, _ in news)
+
+
+def test_place_many_places_in_order_in_one_write_until_one_is_refused():
+    core = elect(make_core(max_uncommitted_entries=5, max_command_bytes=100))
+    acknowledge_everything(core)
+    first, writes = core.storage.last_index, core.storage.version
+    placed, refused = core.place_many([(b"c%d" % i, None) for i in range(8)])
+    assert placed == [(core.term, first + i) for i in range(1, 6)]
+    assert isinstance(refused, errors.Busy)
+    assert core.storage.version == writes + 1 and core.storage.last_index == first + 5
+    assert [e.data for e in core.storage.entries(first + 1, first + 6)] == [b"c%d" % i for i in range(5)]
+
+
+def test_place_many_stops_at_a_command_too_large_and_places_nothing_after_it():
+    core = elect(make_core(max_command_bytes=10))
+    acknowledge_everything(core)
+    first = core.storage.last_index
+    placed, refused = core.place_many([(b"ok", None), (b"x" * 11, None), (b"after", None)])
+    assert placed == [(core.term, first + 1)]
+    assert isinstance(refused, errors.CommandTooLarge)
+    assert core.storage.last_index == first + 1
+
+
+def test_place_many_off_lead_places_nothing():
+    core = make_core()
+    placed, refused = core.place_many([(b"x", None)])
+    assert placed == [] and isinstance(refused, errors.NotLeader)
+    assert core.storage.last_index == 0

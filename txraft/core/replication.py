@@ -12,7 +12,7 @@ dissertation's check-quorum (section 6.2).  Part of
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from twisted.internet import defer
 
@@ -161,29 +161,55 @@ class Replication(CoreState):
         """
         Append a command to the leader's log, the one place where every
         command enters it (:meth:`propose` here, a follower's ForwardAppend;
-        the member's pending appends call it directly on the leader, without
-        a Deferred).
+        the member's pending appends call it, or :meth:`place_many`, directly
+        on the leader, without a Deferred).
 
         :returns: ``(term, index)``.
         :raises NotLeader: off lead.
         :raises CommandTooLarge: when ``command`` is over ``config.max_command_bytes``.
         :raises Busy: beyond the uncommitted bounds (nothing stored).
         """
+        placed, refused = self.place_many(((command, request_id),))
+        if refused is not None:
+            raise refused
+        return placed[0]
+
+    def place_many(
+        self, commands: Iterable[Tuple[bytes, Optional[m.RequestId]]],
+    ) -> Tuple[List[Tuple[int, int]], Optional[errors.RaftError]]:
+        """
+        :meth:`place` each command in turn, in one write to the log, until
+        one is refused; the rest are not looked at.
+
+        :returns: ``(placed, refused)``: the ``(term, index)`` of each command
+            placed, in order, and the error that refused the next one
+            (``NotLeader``, ``CommandTooLarge`` or ``Busy``), or ``None``.
+        """
         leader = self._role_of_term(Leader, self.term)
         if leader is None:
-            raise errors.NotLeader(self.leader)
+            return [], errors.NotLeader(self.leader)
         if leader.transfer is not None:
             # Handing over: commands wait for the next leader (dissertation 3.10).
-            raise errors.NotLeader("", f"leadership is being handed to {leader.transfer.target}")
-        self._check_command(command)
-        self.check_admission(len(command))
-        entry = m.Entry(self.term, self.storage.last_index + 1, m.EntryKind.COMMAND, command, request_id)
-        leader.uncommitted.append((entry.index, len(command)))
-        leader.uncommitted_bytes += len(command)
-        if leader.turn_start is None:
-            leader.turn_start = self.clock.seconds()
-        self._append_own(leader, [entry])
-        return entry.term, entry.index
+            return [], errors.NotLeader("", f"leadership is being handed to {leader.transfer.target}")
+        term, index = self.term, self.storage.last_index
+        entries: List[m.Entry] = []
+        refused: Optional[errors.RaftError] = None
+        for command, request_id in commands:
+            try:
+                self._check_command(command)
+                self.check_admission(len(command))
+            except errors.RaftError as error:
+                refused = error
+                break
+            index += 1
+            entries.append(m.Entry(term, index, m.EntryKind.COMMAND, command, request_id))
+            leader.uncommitted.append((index, len(command)))
+            leader.uncommitted_bytes += len(command)
+            if leader.turn_start is None:
+                leader.turn_start = self.clock.seconds()
+        if entries:
+            self._append_own(leader, entries)
+        return [(term, entry.index) for entry in entries], refused
 
     def _append_own(self, leader: Leader, entries: Sequence[m.Entry]) -> None:
         written = self.storage.append(entries)
