@@ -183,32 +183,15 @@ class Proposals(RaftObserver):
                 self._submit(pending)
                 continue
             # This member leads: place a run of queued commands in one write.
-            batch = []
-            while waiting and len(batch) < _ADMIT_BATCH:
+            run = []
+            while waiting and len(run) < _ADMIT_BATCH:
                 pending = waiting.popleft()
                 if pending.seq in self._pending:
                     pending.queued = False
                     self._forget_placement(pending)
-                    pending.submissions += 1
-                    batch.append(pending)
-            placed, refused = core.place_many([(p.command, self._request_id(p)) for p in batch])
-            for pending, at in zip(batch, placed):
-                self._placed_at(pending, *at)
-            rest = batch[len(placed):]
-            if not rest:
-                continue
-            if not isinstance(refused, errors.Busy):
-                # Refused for itself (too large), or this member no longer
-                # places commands: the first one not placed takes the
-                # answer, as a submission of its own would.
-                first, rest = rest[0], rest[1:]
-                self._refused(first, Failure(refused))
-            for pending in reversed(rest):
-                # Not placed: back to the head of the queue, in order.
-                pending.submissions -= 1
-                pending.queued = True
-                waiting.appendleft(pending)
-            if not isinstance(refused, errors.InvalidRequest):
+                    run.append(pending)
+            refused = self._place_run(run)
+            if refused is not None and not isinstance(refused, errors.InvalidRequest):
                 # Busy: applied_through() calls again once commits make
                 # room; NotLeader: leader_changed() does.
                 return
@@ -304,21 +287,38 @@ class Proposals(RaftObserver):
         self._forget_placement(pending)
         if not self.core.leader:
             return  # with no leader known, wait for leader_changed
-        pending.submissions += 1
         core = self.core
         if core.leader == core.id:
             # Placed at once, here, without a Deferred: the common path
             # under load on the leader.
-            try:
-                placed = core.place(pending.command, self._request_id(pending))
-            except errors.RaftError as error:
-                self._refused(pending, Failure(error))
-            else:
-                self._placed_at(pending, *placed)
+            self._place_run([pending])
             return
+        pending.submissions += 1
         d = core.propose(pending.command, self._request_id(pending))
         d.addCallbacks(lambda placed: self._placed_at(pending, *placed),
                        lambda failure: self._refused(pending, failure))
+
+    def _place_run(self, run):
+        """
+        Place the commands of ``run`` (pending appends, in order) on this
+        leader, in one write to its log, until one is refused.  The one
+        refused takes the answer as a submission of its own would; those
+        after it go back to the head of the admission queue, in order.
+
+        :returns: the error that refused one, or ``None``.
+        """
+        placed, refused = self.core.place_many([(p.command, self._request_id(p)) for p in run])
+        for pending, at in zip(run, placed):
+            pending.submissions += 1
+            self._placed_at(pending, *at)
+        if refused is not None:
+            first, rest = run[len(placed)], run[len(placed) + 1:]
+            for pending in reversed(rest):
+                pending.queued = True
+                self._waiting.appendleft(pending)
+            first.submissions += 1
+            self._refused(first, Failure(refused))
+        return refused
 
     def _refused(self, pending, failure):
         if failure.check(errors.InvalidRequest):

@@ -517,9 +517,8 @@ class MemberProtocol(ACLCheckedProtocolMixin, amp.AMP):
             await turn
         uploads = []
         for key, argument in _BLOBS[command]:
-            value = arguments[key]
             # Entries come packed already (each encoded once, for every follower and the disk).
-            raw = value if argument.packed and isinstance(value, bytes) else argument.encode(value)
+            raw = argument.encode(arguments[key])
             if len(raw) > limit:
                 raise e.InvalidRequest(f"{command.__name__}.{key} is {len(raw)} bytes; the limit is {limit}")
             if len(raw) > FRAGMENT_SIZE:

@@ -128,9 +128,13 @@ class Blob(_Named):
         self.unpack = unpack
 
     def encode(self, value) -> bytes:
-        """:returns: the bytes carried for the wire form ``value``."""
+        """
+        :returns: the bytes carried for the wire form ``value``; with
+            ``packed``, ``value`` may be its msgpack bytes already
+            (:func:`txraft.codec.to_fields` with ``packed``: entries).
+        """
         if self.packed:
-            return codec.pack(value)
+            return value if isinstance(value, bytes) else codec.pack(value)
         if not isinstance(value, bytes):
             raise TypeError(f"expected bytes, got {type(value).__name__}")
         return value

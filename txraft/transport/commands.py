@@ -65,14 +65,13 @@ class Box(amp.AmpBox):
         parts = []
         for key, value in sorted(self.items()):
             prefixed = _KEYS.get(key)  # a key's length and bytes, for the keys of the member commands
-            if prefixed is None or type(value) is not bytes:
-                if type(key) is not bytes or type(value) is not bytes or len(key) > amp.MAX_KEY_LENGTH:
+            if prefixed is None:
+                if type(key) is not bytes or len(key) > amp.MAX_KEY_LENGTH:
                     return amp.AmpBox.serialize(self)
                 prefixed = _LENGTH(len(key)) + key
-            size = len(value)
-            if size > amp.MAX_VALUE_LENGTH:
+            if type(value) is not bytes or len(value) > amp.MAX_VALUE_LENGTH:
                 return amp.AmpBox.serialize(self)
-            parts += (prefixed, _LENGTH(size), value)
+            parts += (prefixed, _LENGTH(len(value)), value)
         parts.append(b"\0\0")
         return b"".join(parts)
 
