@@ -71,7 +71,8 @@ def test_a_planted_stale_read_is_caught(tmp_path):
     """Reads from any member's local state (?stale=true) are not linearizable: the run must say so."""
     out = str(tmp_path / "stale")
     run = chaos("--members", "3", "--duration", "15", "--seed", "3", "--out", out,
-                "--adapter", "tests.testing.stale_adapter:StaleReads", "--faults", "partition-leader,pause")
+                "--adapter", "tests.testing.stale_adapter:StaleReads", "--faults", "partition-leader",
+                "--hold", "3", "5")
     result = result_of(run)
     assert run.returncode == 1, (result, run.stderr[-2000:])
     assert not result["linearizable"] and result["violations"] >= 1
